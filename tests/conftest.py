@@ -1,0 +1,7 @@
+"""Shared test setup: offline, deterministic, quiet."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("BEVBRIDGE_NO_PROGRESS", "1")

@@ -1,0 +1,59 @@
+"""The `bevbridge` console script: help lists every subcommand; unbuilt ones fail loudly; bad overrides are one line."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+SUBCOMMANDS = ["synth", "train", "eval", "infer", "viz", "bench", "demo", "config"]
+
+
+def bevbridge(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).with_name("bevbridge")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "bevbridge.cli"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_console_script_is_installed():
+    assert Path(sys.executable).with_name("bevbridge").exists() or shutil.which("bevbridge")
+
+
+def test_help_lists_every_subcommand():
+    r = bevbridge("--help")
+    assert r.returncode == 0
+    for name in SUBCOMMANDS:
+        assert f"\n    {name} " in r.stdout, name
+
+
+@pytest.fixture
+def config(tmp_path):
+    p = tmp_path / "exp.yaml"
+    p.write_text("name: exp\noptim:\n  lr: 1.0e-3\n")
+    return p
+
+
+def test_bad_override_prints_one_clear_line(config):
+    r = bevbridge("train", str(config), "optim.lrr=2e-4")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "optim.lrr" in lines[0] and "did you mean 'lr'" in lines[0] and "valid keys under 'optim'" in lines[0]
+
+
+def test_config_prints_the_resolved_config(config):
+    r = bevbridge("config", str(config), "optim.lr=2e-4", "data.batch_size=2")
+    assert r.returncode == 0, r.stderr
+    resolved = yaml.safe_load(r.stdout)
+    assert resolved["optim"]["lr"] == pytest.approx(2e-4) and resolved["data"]["batch_size"] == 2
+
+
+@pytest.mark.parametrize("args", [["viz"]])
+def test_unbuilt_subcommand_says_so_and_fails(args):
+    r = bevbridge(*args)
+    assert r.returncode == 3
+    assert "not built yet" in r.stderr and "nothing was done" in r.stderr
