@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -10,13 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+REPO = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ["synth", "train", "eval", "infer", "viz", "bench", "demo", "config"]
 
 
 def bevbridge(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     script = Path(sys.executable).with_name("bevbridge")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "bevbridge.cli"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's code, whatever the venv points at
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=cwd, timeout=120, env=env)
 
 
 def test_console_script_is_installed():
