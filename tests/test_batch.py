@@ -19,7 +19,7 @@ def sample(i, n_radar=None, n_box=2, past=False):
                         sensor2ego=torch.eye(4).expand(1, N, 4, 4), ida=torch.eye(3).expand(1, N, 3, 3),
                         ego2key=torch.eye(4)[None], valid=torch.ones(1, dtype=torch.bool)) if past else None,
         radar=None if n_radar is None else torch.arange(n_radar * 7, dtype=torch.float32).reshape(n_radar, 7) + 1,
-        radar_features=("x", "y", "z", "vx_comp", "vy_comp", "rcs", "dt") if n_radar is not None else (),
+        radar_features=("x", "y", "z", "vx_comp", "vy_comp", "rcs", "dt"),
         gt_boxes=torch.ones(n_box, 9), gt_labels=torch.zeros(n_box, dtype=torch.int64),
     )
 
