@@ -48,12 +48,21 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validated_then_not_built(name: str, what: str) -> Callable[[argparse.Namespace], int]:
-    """Validate the config and overrides first (so mistakes surface now), then report that the command is missing."""
+def _engine(name: str) -> Callable[[argparse.Namespace], int]:
+    """A handler that runs bevbridge.engine.commands.<name>; the engine's one-line errors become CommandErrors."""
 
     def run(args: argparse.Namespace) -> int:
-        _load_experiment(args)
-        return _not_built(name, what)(args)
+        _load_experiment(args)  # config mistakes surface at once, before torch is imported
+        from bevbridge.engine import commands
+        from bevbridge.engine.distributed import cleanup
+        from bevbridge.engine.errors import EngineError
+
+        try:
+            return getattr(commands, name)(args)
+        except EngineError as e:
+            raise CommandError(f"bevbridge {args.command}: {e}", e.code) from e
+        finally:
+            cleanup()
 
     return run
 
@@ -86,17 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
             _not_built("synth", "issue #3, the synthetic nuScenes-format world"))
     p.add_argument("--out", default="data/synth")
 
-    p = add("train", "train a model from an experiment config",
-            _validated_then_not_built("train", "issue #6, the training engine"))
+    p = add("train", "train a model from an experiment config (torchrun for several processes)", _engine("train"))
     _add_config_args(p)
+    p.add_argument("--out", metavar="DIR", help="run folder (default: <train.out_dir>/<name>)")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
+                   help="continue from CKPT, or from the run folder's latest checkpoint when CKPT is omitted")
+    p.add_argument("--max-steps", type=int, metavar="N",
+                   help="stop at step N (the schedule still spans train.max_steps)")
 
-    p = add("eval", "evaluate a checkpoint with the official metrics",
-            _validated_then_not_built("eval", "issue #6, the training engine"))
+    p = add("eval", "evaluate a checkpoint with the official metrics", _engine("evaluate"))
     _add_config_args(p)
+    p.add_argument("--ckpt", required=True, metavar="PATH", help="checkpoint folder, run folder or .safetensors")
+    p.add_argument("--out", metavar="DIR", help="where metrics.json goes (default: <run>/eval/<checkpoint>)")
 
-    p = add("infer", "run a checkpoint and write predictions (devkit results JSON)",
-            _validated_then_not_built("infer", "issue #6, the training engine"))
+    p = add("infer", "run a checkpoint and write predictions (devkit results JSON)", _engine("infer"))
     _add_config_args(p)
+    p.add_argument("--ckpt", required=True, metavar="PATH", help="checkpoint folder, run folder or .safetensors")
+    p.add_argument("--out", required=True, metavar="RESULTS_JSON", help="the devkit results JSON to write")
 
     add("viz", "render BEV and camera views of data or predictions", _not_built("viz", "issue #7, the CTAB demo"))
     add("bench", "run the benchmarks (benchmarks/bench_*.py) and print their tables",
