@@ -212,3 +212,14 @@ def test_a_dataset_provided_sampler_is_used(tmp_path):
     ds = _SampledDataset(8)
     Trainer(tiny_config(train={"max_steps": 6}), build_tiny(), ds, None, None, tmp_path).fit()
     assert len(ds.seen) == 12 and set(ds.seen) == {0, 2, 4, 6}  # 3 epochs of the 4 even samples
+
+
+def test_the_number_of_workers_does_not_change_training(tmp_path):
+    """Augmentation is seeded per (seed, epoch, sample): 0 or 2 loader workers train to the same weights."""
+    runs = []
+    for workers in (0, 2):
+        cfg = tiny_config(data={"num_workers": workers}, train={"max_steps": 6, "ckpt_every": 100})
+        t = Trainer(cfg, build_tiny(), TinyDataset(10, noise=0.5), None, None, tmp_path / f"w{workers}")
+        t.fit()
+        runs.append(_weights(t))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])

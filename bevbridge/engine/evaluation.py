@@ -48,7 +48,7 @@ class Evaluator(Protocol):
 
 def slim_batch(batch: Batch) -> Batch:
     """``batch`` without images, points and past frames (on the CPU)."""
-    return dataclasses.replace(batch.to("cpu"), **{k: None for k in _HEAVY})
+    return dataclasses.replace(batch, **{k: None for k in _HEAVY}).to("cpu")
 
 
 def select_samples(batch: Batch, keep: Sequence[int]) -> Batch:

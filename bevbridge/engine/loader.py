@@ -13,15 +13,16 @@ runs the same number of batches; engine/evaluation.py drops the repeats by sampl
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
 from bevbridge.data.batch import collate
 from bevbridge.engine.distributed import DistInfo
 from bevbridge.engine.errors import EngineError
-from bevbridge.engine.rng import sample_rng, sample_seed, worker_init_fn
+from bevbridge.engine.rng import preserved_cpu_rng, sample_seed, seed_sample, worker_init_fn
 
 __all__ = ["ResumableSampler", "SeededDataset", "train_loader", "eval_loader"]
 
@@ -59,10 +60,20 @@ class SeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int]) -> Any:
+    def _load(self, key: tuple[int, int]) -> Any:
         epoch, index = key
-        with sample_rng(sample_seed(self.seed, epoch, index)):
-            return self.dataset[index]
+        seed_sample(sample_seed(self.seed, epoch, index))
+        return self.dataset[index]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list[Any]:
+        """A whole batch (the DataLoader calls this): the global RNGs are restored once per batch, and only in the
+        main process (a worker's RNGs serve nothing else)."""
+        guard = preserved_cpu_rng() if get_worker_info() is None else contextlib.nullcontext()
+        with guard:
+            return [self._load(k) for k in keys]
 
 
 def _generator(seed: int) -> torch.Generator:

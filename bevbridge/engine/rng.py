@@ -20,8 +20,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "get_rng_state", "set_rng_state", "sample_seed", "sample_rng", "preserved_rng",
-           "worker_init_fn"]
+__all__ = ["seed_everything", "get_rng_state", "set_rng_state", "sample_seed", "seed_sample", "sample_rng",
+           "preserved_rng", "preserved_cpu_rng", "worker_init_fn"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -82,19 +82,31 @@ def preserved_rng() -> Iterator[None]:
         set_rng_state(state)
 
 
+def seed_sample(seed: int) -> None:
+    """Seed python, numpy and torch's CPU RNG for loading one sample (CUDA RNGs are left alone)."""
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.random.default_generator.manual_seed(seed)
+
+
 @contextlib.contextmanager
-def sample_rng(seed: int) -> Iterator[None]:
-    """Seed python, numpy and torch's CPU RNG with ``seed`` for one block, then put the previous states back."""
+def preserved_cpu_rng() -> Iterator[None]:
+    """Put python's, numpy's and torch's CPU RNG states back after the block (about 0.1 ms, mostly numpy's copy)."""
     py, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed % (1 << 32))
-        torch.random.default_generator.manual_seed(seed)
         try:
             yield
         finally:
             random.setstate(py)
             np.random.set_state(np_state)
+
+
+@contextlib.contextmanager
+def sample_rng(seed: int) -> Iterator[None]:
+    """Seed python, numpy and torch's CPU RNG with ``seed`` for one block, then put the previous states back."""
+    with preserved_cpu_rng():
+        seed_sample(seed)
+        yield
 
 
 def worker_init_fn(worker_id: int) -> None:
