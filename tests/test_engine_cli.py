@@ -79,10 +79,10 @@ def fake_synth(monkeypatch):
     calls = []
     mod = types.ModuleType("bevbridge.data.synth")
 
-    def is_complete(root, version):
+    def is_complete(root, *, version="v1.0-mini"):  # keywords, as bevbridge.data.synth.is_complete
         return (root / version / "done").is_file()
 
-    def generate(out, version="v1.0-mini"):
+    def generate(out, *, version="v1.0-mini"):
         calls.append((str(out), version))
         (out / version).mkdir(parents=True)
         (out / version / "done").write_text("")

@@ -69,10 +69,10 @@ def ensure_dataset(data: DataConfig) -> Path:
     root = Path(data.dataroot)
     if data.dataroot.rstrip("/") == DEFAULT_SYNTH_ROOT:
         synth = _import("bevbridge.data.synth", f"{root} is missing and the synthetic world writer", "issue #3")
-        if not synth.is_complete(root, data.version):
+        if not synth.is_complete(root, version=data.version):
             log.info("generating the synthetic nuScenes-format world in %s (%s): first run only", root, data.version)
             synth.generate(root, version=data.version)
-            if not synth.is_complete(root, data.version):
+            if not synth.is_complete(root, version=data.version):
                 raise BuildError(f"generating the synthetic world in {root} did not complete")
         return root
     if not root.is_dir():
