@@ -2,8 +2,9 @@
 
 TensorBoard tags: ``train/loss`` (the optimised sum), ``train/<entry>`` for every entry of the model's loss dict
 (loss per task, and logged-only values), ``train/lr`` and ``train/lr_<group>``, ``train/grad_norm``,
-``train/samples_per_s`` (global), ``train/skipped_steps``, ``model/<name>`` for model.scalars() (HUW sigmas, CTAB
-gates), ``eval/<evaluator>/<metric>`` for evaluation results.
+``train/samples_per_s`` (global; time inside training steps, data loading included, evaluation and checkpoints
+excluded), ``train/skipped_steps``, ``model/<name>`` for model.scalars() (HUW sigmas, CTAB gates),
+``eval/<evaluator>/<metric>`` for evaluation results. Losses are rank 0's, averaged over the logging window.
 """
 
 from __future__ import annotations

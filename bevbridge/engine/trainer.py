@@ -124,11 +124,13 @@ class Trainer:
         metrics: dict[str, Any] = {}
         batches = self._batches()
         window: dict[str, Any] = defaultdict(float)
-        n_window, samples, tic = 0, 0, time.perf_counter()
+        n_window, samples, busy = 0, 0, 0.0  # busy: seconds spent in training steps (data loading included)
         bar = progress(total=t.max_steps, initial=self.step, desc="train", unit="step")
         try:
             while self.step < stop:
+                tic = time.perf_counter()
                 out = self._train_step(batches)
+                busy += time.perf_counter() - tic
                 self.step += 1
                 bar.update(1)
                 samples += out["samples"]
@@ -137,10 +139,9 @@ class Trainer:
                     for k, v in out["logs"].items():
                         window[k] += v
                 if self.step % t.log_every == 0 or self.step == stop:
-                    elapsed = time.perf_counter() - tic
-                    self._log_train(window, n_window, samples / max(elapsed, 1e-9), bar)
+                    self._log_train(window, n_window, samples / max(busy, 1e-9), bar)
                     window.clear()
-                    n_window, samples, tic = 0, 0, time.perf_counter()
+                    n_window, samples, busy = 0, 0, 0.0
                 every = self.cfg.eval.every_steps
                 improved = False
                 if self.step == t.max_steps or (every and self.step % every == 0):
