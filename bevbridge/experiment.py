@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bevbridge.model_config import CTABModelConfig, ModelConfig
+
 __all__ = [
     "DataConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "EvalConfig", "ModelConfig", "ExperimentConfig",
 ]
@@ -151,19 +153,6 @@ class EvalConfig:
             raise ValueError(f"eval.batch_size must be >= 1 or null, got {self.batch_size}")
 
 
-@dataclass(kw_only=True)
-class ModelConfig:
-    """Keys every model section has. Each model kind subclasses this and adds ``kind: Literal["..."]``.
-
-    init_from: pretrained weights to start from (a .safetensors file, a bevbridge checkpoint folder, or a torch
-    state dict loadable with weights_only=True); init_prefix_map renames key prefixes of that file first
-    (e.g. {"backbone.": "img_backbone.trunk."}); missing and unexpected keys are reported, not fatal.
-    """
-
-    init_from: str | None = None
-    init_prefix_map: dict[str, str] = field(default_factory=dict)
-
-
 @dataclass
 class ExperimentConfig:
     """One experiment: a name and its sections."""
@@ -174,5 +163,5 @@ class ExperimentConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    # No model kinds exist yet: each one (CTAB, ...) subclasses ModelConfig with a `kind` Literal and joins this type.
-    model: ModelConfig | None = None
+    # One dataclass per model kind (bevbridge/model_config.py), chosen by its `kind`.
+    model: CTABModelConfig | None = None

@@ -11,9 +11,22 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
-    "GridConfig", "ImageBranchConfig", "DepthConfig", "RadarBranchConfig", "CAMFConfig", "CenterHeadConfig",
+    "ModelConfig", "GridConfig", "ImageBranchConfig", "DepthConfig", "RadarBranchConfig", "CAMFConfig", "CenterHeadConfig",
     "SegBranchConfig", "CTABBridgeConfig", "CTABModelConfig", "CTAB_MAP_CLASSES",
 ]
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Keys every model section has. Each model kind subclasses this and adds ``kind: Literal["..."]``.
+
+    init_from: pretrained weights to start from (a .safetensors file, a bevbridge checkpoint folder, or a torch
+    state dict loadable with weights_only=True); init_prefix_map renames key prefixes of that file first
+    (e.g. {"backbone.": "img_backbone.trunk."}); missing and unexpected keys are reported, not fatal.
+    """
+
+    init_from: str | None = None
+    init_prefix_map: dict[str, str] = field(default_factory=dict)
+
 
 # CTAB's 7 map classes (Sec. IV-A); `divider` = road_divider ∪ lane_divider, `vehicle` from 3D boxes.
 CTAB_MAP_CLASSES = ("drivable_area", "carpark_area", "ped_crossing", "walkway", "stop_line", "divider", "vehicle")
@@ -141,8 +154,8 @@ class CTABBridgeConfig:
     gn_groups: int = 32  # the paper does not state GN's group count; 32 is GN's standard choice
 
 
-@dataclass
-class CTABModelConfig:
+@dataclass(kw_only=True)
+class CTABModelConfig(ModelConfig):
     """RCBEVDet-style radar-camera detector with optional segmentation branch, CTAB and HUW (papers/ctab.txt).
 
     Rows of Table II: detection only (``seg: null``), (A) MTL baseline (``bridge: null``), (B) MTL + CTAB.
