@@ -46,7 +46,7 @@ class NuScenesDataset(Dataset):
         num_past_frames: adjacent past keyframes (most recent first) with their ego-motion transforms.
         radar_sweeps: sweeps per radar (keyframe + previous; 0 disables radar). ``radar_features``: columns.
         radar_filters: the devkit's default radar filters. ``radar_max_points``: random subset in training, first
-            n otherwise (None: all).
+            n otherwise (None: all). ``radar_velocity_compensation``: also move older sweeps' points by v * dt.
         lidar_sweeps: LiDAR sweeps (keyframe + previous; 0 disables LiDAR).
         map_grid, map_classes: BEV segmentation targets (``vehicle`` from boxes); None disables them.
         box_range: (xmin, ymin, xmax, ymax) in the augmented ego frame; boxes outside are dropped (None keeps all).
@@ -62,7 +62,8 @@ class NuScenesDataset(Dataset):
                  bev_aug: BEVAug | None = None, train: bool = False, num_past_frames: int = 0,
                  radar_sweeps: int = 8,
                  radar_features: Sequence[str] = ("x", "y", "z", "vx_comp", "vy_comp", "rcs", "dt"),
-                 radar_filters: bool = True, radar_max_points: int | None = None, lidar_sweeps: int = 1,
+                 radar_filters: bool = True, radar_max_points: int | None = None,
+                 radar_velocity_compensation: bool = False, lidar_sweeps: int = 1,
                  map_grid: BEVGrid | None = None, map_classes: Sequence[str] = (),
                  box_range: tuple[float, float, float, float] | None = None, min_points: int = 1,
                  captions: str | Path | None = None, drop_cameras: Sequence[str] = (), drop_radar: bool = False,
@@ -82,6 +83,7 @@ class NuScenesDataset(Dataset):
         self.radar_features = tuple(radar_features)
         self.radar_filters = radar_filters
         self.radar_max_points = radar_max_points
+        self.radar_velocity_compensation = radar_velocity_compensation
         self.lidar_sweeps = 0 if drop_lidar else lidar_sweeps
         self.map_grid = map_grid
         self.map_classes = tuple(map_classes)
@@ -158,7 +160,7 @@ class NuScenesDataset(Dataset):
         if self.radar_sweeps > 0:
             pts = load_radar_sweeps(self.dataroot, {r: info["radars"][r] for r in RADARS if r in info["radars"]},
                                     ego2global, info["timestamp"], self.radar_sweeps, self.radar_features,
-                                    self.radar_filters, sample_token=info["token"])
+                                    self.radar_filters, self.radar_velocity_compensation, sample_token=info["token"])
             if self.radar_max_points is not None and len(pts) > self.radar_max_points:
                 keep = (rng.choice(len(pts), self.radar_max_points, replace=False) if rng is not None
                         else np.arange(self.radar_max_points))
