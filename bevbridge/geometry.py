@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "BEVGrid",
+    "unit_cell_centres",
     "make_transform",
     "invert_transform",
     "transform_points",
@@ -167,6 +168,18 @@ class BEVGrid:
         xy = target.cell_centres(feat.device, torch.float64).reshape(1, -1, 2).expand(B, -1, -1)
         out = self.sample(feat, xy, mode=mode)
         return out.reshape(B, feat.shape[1], target.H, target.W)
+
+
+def unit_cell_centres(H: int, W: int, device: torch.device | str | None = None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[H*W, 2]`` centres ``((ix + 0.5) / W, (iy + 0.5) / H)`` of an H x W map in [0, 1], row-major (iy outer).
+
+    The reference points of deformable attention over a BEV map (BEVFormer, RCBEVDet's CAMF, CTAB).
+    """
+    ys = (torch.arange(H, device=device, dtype=torch.float64) + 0.5) / H
+    xs = (torch.arange(W, device=device, dtype=torch.float64) + 0.5) / W
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], -1).to(dtype)
 
 
 # ----------------------------------------------------------------------------------------------- rigid transforms
