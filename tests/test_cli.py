@@ -60,3 +60,14 @@ def test_unbuilt_subcommand_says_so_and_fails(args):
     r = bevbridge(*args)
     assert r.returncode == 3
     assert "not built yet" in r.stderr and "nothing was done" in r.stderr
+
+
+def test_synth_writes_a_world_and_says_where(tmp_path):
+    out = tmp_path / "world"
+    r = bevbridge("synth", "--out", str(out), "--scenes", "1", "--samples-per-scene", "2", "--image-size", "32", "56",
+                  "--sweeps", "0", "1", "0", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert str(out) in r.stdout and " s" in r.stdout
+    assert (out / "v1.0-mini" / "sample.json").is_file() and (out / "synth_manifest.json").is_file()
+    r = bevbridge("synth", "--out", str(out), "--samples-per-scene", "0")
+    assert r.returncode == 2 and "samples_per_scene" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -55,7 +55,7 @@ def count_points_in_boxes(points: np.ndarray, boxes: np.ndarray, margin: float =
 class Sweeps:
     """Non-key captures per sensor between consecutive keyframes (nuScenes' real rates: lidar 9, radar 6, camera 5)."""
 
-    lidar: int = 2
+    lidar: int = 1
     radar: int = 6
     camera: int = 0
 
