@@ -383,7 +383,16 @@ def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, mon
     with pytest.raises(RuntimeError, match="killed"):
         synth.generate(tmp_path / "w", scenes=1, samples_per_scene=1, image_size=(32, 56))
     assert not (tmp_path / "w").exists()
-    assert os.listdir(tmp_path) == []  # the temp folder is gone too
+    assert [p for p in os.listdir(tmp_path) if "synth-tmp" in p] == []  # the temp folder is gone too
+
+
+def test_concurrent_ensure_world_calls_share_one_world(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    params = dict(scenes=1, samples_per_scene=1, image_size=(32, 56), sweeps=(0, 0, 0))
+    with ThreadPoolExecutor(2) as pool:
+        roots = list(pool.map(lambda _: synth.ensure_world(tmp_path / "w", **params), range(2)))
+    assert roots[0] == roots[1] and synth.is_complete(roots[0], **params)
 
 
 def test_refuses_to_replace_a_folder_that_is_not_a_synthetic_world(tmp_path):
