@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Callable, Sequence
 
@@ -61,10 +60,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         kwargs["image_size"] = tuple(args.image_size)
     if args.sweeps is not None:
         kwargs["sweeps"] = tuple(args.sweeps)
-    workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
     t0 = time.perf_counter()
     try:
-        root = synth.generate(args.out, workers=workers, **kwargs)
+        root = synth.generate(args.out, workers=args.workers, **kwargs)
     except (ValueError, FileExistsError) as e:
         raise CommandError(f"bevbridge synth: {e}", EXIT_USAGE) from e
     print(f"wrote {root} ({args.dataset_version}) in {time.perf_counter() - t0:.1f} s")
@@ -117,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", dest="dataset_version", default="v1.0-mini", help="table folder name")
     p.add_argument("--sweeps", type=int, nargs=3, metavar=("LIDAR", "RADAR", "CAMERA"), default=None,
                    help="non-key sweeps between keyframes per sensor (default 2 6 0; nuScenes' rates: 9 6 5)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="processes, one scene each (default: min(4, CPUs)); the output does not depend on it")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes, one scene each (default 1; more helps on an idle multi-core machine); "
+                        "the output does not depend on it")
 
     p = add("train", "train a model from an experiment config",
             _validated_then_not_built("train", "issue #6, the training engine"))
