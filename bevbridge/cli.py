@@ -48,6 +48,27 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth(args: argparse.Namespace) -> int:
+    import time
+
+    from bevbridge.data import synth
+
+    kwargs = dict(scenes=args.scenes, seed=args.seed, version=args.dataset_version)
+    if args.samples_per_scene is not None:
+        kwargs["samples_per_scene"] = args.samples_per_scene
+    if args.image_size is not None:
+        kwargs["image_size"] = tuple(args.image_size)
+    if args.sweeps is not None:
+        kwargs["sweeps"] = tuple(args.sweeps)
+    t0 = time.perf_counter()
+    try:
+        root = synth.generate(args.out, workers=args.workers, **kwargs)
+    except (ValueError, FileExistsError) as e:
+        raise CommandError(f"bevbridge synth: {e}", EXIT_USAGE) from e
+    print(f"wrote {root} ({args.dataset_version}) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def _engine(name: str) -> Callable[[argparse.Namespace], int]:
     """A handler that runs bevbridge.engine.commands.<name>; the engine's one-line errors become CommandErrors."""
 
@@ -92,8 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("synth", "write a synthetic nuScenes-format world (tables, maps, cameras, radar, lidar, captions)",
-            _not_built("synth", "issue #3, the synthetic nuScenes-format world"))
-    p.add_argument("--out", default="data/synth")
+            _cmd_synth)
+    p.add_argument("--out", default="data/synth", help="dataroot to write (default: data/synth)")
+    p.add_argument("--scenes", type=int, default=None,
+                   help="number of scenes (default 10, named like the devkit's mini split)")
+    p.add_argument("--samples-per-scene", type=int, default=None, help="keyframes per scene at 2 Hz (default 20)")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="camera image size (default 144 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--version", dest="dataset_version", default="v1.0-mini", help="table folder name")
+    p.add_argument("--sweeps", type=int, nargs=3, metavar=("LIDAR", "RADAR", "CAMERA"), default=None,
+                   help="non-key sweeps between keyframes per sensor (default 1 6 0; nuScenes' rates: 9 6 5)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes, one scene each (default 1; more helps on an idle multi-core machine); "
+                        "the output does not depend on it")
 
     p = add("train", "train a model from an experiment config (torchrun for several processes)", _engine("train"))
     _add_config_args(p)

@@ -39,6 +39,7 @@ __all__ = [
     "box_corners",
     "box_bev_corners",
     "transform_boxes",
+    "points_in_boxes",
 ]
 
 Array = TypeVar("Array", torch.Tensor, np.ndarray)
@@ -324,3 +325,15 @@ def transform_boxes(T: Array, boxes: Array) -> Array:
         vel = boxes[..., 7:9]
         out[..., 7:9] = (A[:2, :2] @ vel[..., None])[..., 0]
     return out
+
+
+def points_in_boxes(points: Array, boxes: Array, margin: float = 0.0) -> Array:
+    """``[N, M]`` bool: point n (``points [N, >=3]``) lies inside box m (``boxes [M, >=7]``, same frame), each box
+    grown by ``margin`` metres on every side (a point on a face is inside)."""
+    lib = np if isinstance(points, np.ndarray) else torch
+    rel = points[:, None, :3] - boxes[None, :, :3]  # [N, M, 3]
+    c, s = lib.cos(boxes[:, 6]), lib.sin(boxes[:, 6])
+    lx = c * rel[..., 0] + s * rel[..., 1]
+    ly = -s * rel[..., 0] + c * rel[..., 1]
+    half = boxes[:, 3:6] / 2 + margin
+    return (abs(lx) <= half[:, 0]) & (abs(ly) <= half[:, 1]) & (abs(rel[..., 2]) <= half[:, 2])
