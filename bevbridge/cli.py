@@ -123,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", dest="dataset_version", default="v1.0-mini", help="table folder name")
     p.add_argument("--sweeps", type=int, nargs=3, metavar=("LIDAR", "RADAR", "CAMERA"), default=None,
-                   help="non-key sweeps between keyframes per sensor (default 2 6 0; nuScenes' rates: 9 6 5)")
-    p.add_argument("--workers", type=int, default=1, help="processes (the output does not depend on it)")
+                   help="non-key sweeps between keyframes per sensor (default 1 6 0; nuScenes' rates: 9 6 5)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes, one scene each (default 1; more helps on an idle multi-core machine); "
+                        "the output does not depend on it")
 
     p = add("train", "train a model from an experiment config (torchrun for several processes)", _engine("train"))
     _add_config_args(p)

@@ -263,6 +263,35 @@ def test_radar_returns_lie_on_box_surfaces_or_are_clutter(synth_world):
     assert n_real > 50 and n_clutter > 0
 
 
+def test_radar_compensation_removes_the_sensors_own_motion(synth_world):
+    """v_comp - v is the sensor's own velocity along the line of sight; the sensor velocity is measured here from
+    the devkit ego poses of the neighbouring radar sweeps (central difference), independently of the generator."""
+    nusc = synth_world.nusc
+    checked = 0
+    for sample in nusc.sample:
+        for ch in RADARS:
+            sd = nusc.get("sample_data", sample["data"][ch])
+            if not sd["prev"] or not sd["next"]:
+                continue
+            prev, nxt = nusc.get("sample_data", sd["prev"]), nusc.get("sample_data", sd["next"])
+            yaws = [float(quaternion_to_yaw(np.array(nusc.get("ego_pose", x["ego_pose_token"])["rotation"])))
+                    for x in (prev, sd, nxt)]
+            if abs((yaws[1] - yaws[0]) - (yaws[2] - yaws[1])) > 1e-6:
+                continue  # the ego starts or ends a turn in between: a central difference would be biased
+            p0, p1 = sensor2global(nusc, prev["token"])[:3, 3], sensor2global(nusc, nxt["token"])[:3, 3]
+            v_sensor = (p1 - p0)[:2] / ((nxt["timestamp"] - prev["timestamp"]) * 1e-6)
+            pts = RadarPointCloud.from_file(nusc.get_sample_data_path(sd["token"])).points.T
+            if len(pts) == 0:
+                continue
+            R = sensor2global(nusc, sd["token"])[:2, :2]
+            r = pts[:, :2] / np.linalg.norm(pts[:, :2], axis=1, keepdims=True)
+            ego_radial = r @ (v_sensor @ R)  # sensor velocity in the sensor frame, along each ray
+            measured = ((pts[:, 8:10] - pts[:, 6:8]) * r).sum(1)
+            assert np.abs(measured - ego_radial).max() < 0.01, (ch, measured, ego_radial)
+            checked += len(pts)
+    assert checked > 100
+
+
 def test_point_counts_are_counted_from_the_written_points(synth_world):
     nusc = synth_world.nusc
     for sample in nusc.sample[:4]:
@@ -354,7 +383,16 @@ def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, mon
     with pytest.raises(RuntimeError, match="killed"):
         synth.generate(tmp_path / "w", scenes=1, samples_per_scene=1, image_size=(32, 56))
     assert not (tmp_path / "w").exists()
-    assert os.listdir(tmp_path) == []  # the temp folder is gone too
+    assert [p for p in os.listdir(tmp_path) if "synth-tmp" in p] == []  # the temp folder is gone too
+
+
+def test_concurrent_ensure_world_calls_share_one_world(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    params = dict(scenes=1, samples_per_scene=1, image_size=(32, 56), sweeps=(0, 0, 0))
+    with ThreadPoolExecutor(2) as pool:
+        roots = list(pool.map(lambda _: synth.ensure_world(tmp_path / "w", **params), range(2)))
+    assert roots[0] == roots[1] and synth.is_complete(roots[0], **params)
 
 
 def test_refuses_to_replace_a_folder_that_is_not_a_synthetic_world(tmp_path):

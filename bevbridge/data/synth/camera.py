@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bevbridge.geometry import box_corners, transform_points
+from bevbridge.geometry import box_corners, rotation_z, transform_points
 
 from .catalog import PATTERNS, RIDER_RGB
 from .ground import SKY_HORIZON, SKY_ZENITH, GroundRaster
@@ -126,9 +126,7 @@ def _paint_objects(hits, boxes: np.ndarray, pattern: np.ndarray, rgb: np.ndarray
     axis, positive = face // 2, (face % 2) * 2.0 - 1.0
     n_local = np.zeros((len(pix), 3), dtype=np.float32)
     n_local[np.arange(len(pix)), axis] = positive
-    yaw = boxes[b, 6]
-    c, s = np.cos(yaw), np.sin(yaw)
-    n = np.stack([c * n_local[:, 0] - s * n_local[:, 1], s * n_local[:, 0] + c * n_local[:, 1], n_local[:, 2]], -1)
+    n = (rotation_z(boxes[b, 6]) @ n_local[:, :, None])[..., 0]
     light = 0.5 + 0.55 * np.clip(n @ sun_ego, 0.0, None)
     return col * light[:, None]
 

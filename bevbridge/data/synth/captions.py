@@ -48,7 +48,7 @@ def _motion(category: str, attribute: str | None, speed: float, rel_yaw: float, 
         return pick(f"walking {heading}", "walking", f"walking at about {speed:.1f} m/s")
     if attribute == "pedestrian.standing":
         return pick("standing still", "standing", "waiting")
-    return pick("placed", "set up", "standing")  # cones, barriers
+    return pick("placed there", "set up", "standing")  # cones, barriers
 
 
 def _a(word: str) -> str:
@@ -58,15 +58,19 @@ def _a(word: str) -> str:
 def make_caption(category: str, colour: str, attribute: str | None, xy_ego: np.ndarray, speed: float,
                  rel_yaw: float, context: str, rng: np.random.Generator) -> str:
     """One caption. ``xy_ego`` is the object centre in the ego frame, ``rel_yaw`` its heading minus the ego's."""
-    noun = style_of(category).noun
+    style = style_of(category)
+    noun = style.noun
+    person = style.pattern == "person"
+    thing = f"{_a(noun)} in {colour}" if person else f"{_a(colour)} {noun}"  # people: the colour of their clothes
+    looks = f"is dressed in {colour}" if person else f"is {colour}"
     dist = float(np.hypot(*xy_ego[:2]))
     where = direction_phrase(float(xy_ego[0]), float(xy_ego[1]))
     motion = _motion(category, attribute, speed, rel_yaw, rng)
     d = f"{max(dist, 1.0):.0f}"
     templates = (
-        f"{_a(colour).capitalize()} {noun} {motion} {context}, about {d} meters away in the {where} of the ego car.",
-        f"There is {_a(colour)} {noun} {context} in the {where} of the ego car, roughly {d} meters away; it is {motion}.",
-        f"{colour.capitalize()} {noun} {context}, {motion}, about {d} meters away in the {where} of the ego car.",
-        f"The {noun} is {colour}, {motion} {context}, and it is about {d} meters away in the {where} of the ego car.",
+        f"{thing[0].upper()}{thing[1:]} {motion} {context}, about {d} meters away in the {where} of the ego car.",
+        f"There is {thing} {context} in the {where} of the ego car, roughly {d} meters away; it is {motion}.",
+        f"The {noun} {looks} and {motion} {context}, about {d} meters away in the {where} of the ego car.",
+        f"In the {where} of the ego car, about {d} meters away, {thing} is {motion} {context}.",
     )
     return templates[int(rng.integers(len(templates)))]

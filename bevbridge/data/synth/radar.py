@@ -22,9 +22,9 @@ import math
 import numpy as np
 import torch
 
-from bevbridge.geometry import points_in_boxes, transform_points
+from bevbridge.geometry import box_corners, points_in_boxes, transform_points, wrap_angle
 
-from .raycast import cast_boxes
+from .raycast import cast_boxes, pairs_from_rects
 from .rig import SensorCalib
 
 __all__ = ["RADAR_DTYPE", "RadarArray", "write_radar_pcd"]
@@ -68,26 +68,32 @@ class RadarArray:
         """``boxes [M, 9]`` in the ego frame (velocities over ground, ego axes); ``rcs [M, 2]`` mean/std dBsm;
         ``max_returns [M]``; the ego origin's velocity ``[2]`` (ego frame) and yaw rate (rad/s)."""
         n, S = self.n_rays, len(self.calibs)
-        az = rng.uniform(-self.fov, self.fov, (S, n))
+        az = np.sort(rng.uniform(-self.fov, self.fov, (S, n)), axis=1)  # sorted: a box's rays are a contiguous run
         el = rng.uniform(-self.elev, self.elev, (S, n))
         d_sensor = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1)  # [S, n, 3]
         R = np.stack([c.sensor2ego[:3, :3] for c in self.calibs])
         origins = np.stack([c.sensor2ego[:3, 3] for c in self.calibs])
         dirs = np.einsum("sij,snj->sni", R, d_sensor).reshape(-1, 3)
         ray_origin = np.repeat(origins, n, axis=0)
-        # candidate (ray, box) pairs: boxes in range and roughly in each radar's field of view
-        ray_idx, box_idx = [], []
-        half_diag = np.hypot(boxes[:, 3], boxes[:, 4]) / 2
+        # candidate (ray, box) pairs: the rays whose azimuth falls inside a box's angular extent, per radar
+        corners = box_corners(boxes[:, :7])  # [M, 8, 3] ego frame
+        rects = []
         for k, c in enumerate(self.calibs):
-            rel = transform_points(c.ego2sensor, boxes[:, :3])
-            dist = np.hypot(rel[:, 0], rel[:, 1])
-            ang = np.abs(np.arctan2(rel[:, 1], rel[:, 0]))
-            cand = np.nonzero((dist - half_diag < self.max_range)
-                              & (ang - np.arcsin(np.clip(half_diag / np.maximum(dist, 1e-3), 0, 1)) < self.fov))[0]
-            ray_idx.append(np.repeat(np.arange(k * n, (k + 1) * n), len(cand)))
-            box_idx.append(np.tile(cand, n))
+            cs = transform_points(c.ego2sensor, corners)
+            dist = np.hypot(cs[..., 0], cs[..., 1]).min(1)
+            centre = np.arctan2(cs[..., 1].mean(1), cs[..., 0].mean(1))
+            rel = wrap_angle(np.arctan2(cs[..., 1], cs[..., 0]) - centre[:, None])
+            lo = np.searchsorted(az[k], centre + rel.min(1), side="left")
+            hi = np.searchsorted(az[k], centre + rel.max(1), side="right")
+            behind = (cs[..., 0] <= 0).all(1)  # wholly behind the sensor: outside the +-60 degree field of view
+            ok = (dist < self.max_range + np.maximum(boxes[:, 3], boxes[:, 4]) / 2) & ~behind
+            rects.append(np.stack([np.full_like(lo, k), np.full_like(lo, k + 1), np.where(ok, lo, 0),
+                                   np.where(ok, hi, 0)], 1))
+        rects = np.concatenate(rects)  # rows = radars, columns = rays
+        ray_idx, box_idx = pairs_from_rects(torch.from_numpy(rects), n)
+        box_idx = box_idx % len(boxes) if len(boxes) else box_idx
         hits = cast_boxes(torch.from_numpy(ray_origin), torch.from_numpy(dirs), torch.from_numpy(boxes[:, :7]),
-                          torch.from_numpy(np.concatenate(ray_idx)), torch.from_numpy(np.concatenate(box_idx)))
+                          ray_idx, box_idx)
         t, box = hits.t.numpy(), hits.box.numpy()
         ok = np.nonzero((box >= 0) & (t <= self.max_range))[0]
         b = box[ok]

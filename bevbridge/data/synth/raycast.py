@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bevbridge.geometry import rotation_z
+
 __all__ = ["BoxHits", "cast_boxes", "pairs_from_rects"]
 
 
@@ -61,11 +63,10 @@ def cast_boxes(origins: torch.Tensor, dirs: torch.Tensor, boxes: torch.Tensor, r
     b = boxes[box_idx].to(dt)
     o = origins[ray_idx] if origins.dim() == 2 else origins.expand(len(ray_idx), 3)
     d = dirs[ray_idx]
-    c, s = torch.cos(b[:, 6]), torch.sin(b[:, 6])
-    rel = o - b[:, :3]
-    # into the box frame: rotate by -yaw about z
-    ol = torch.stack([c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1], rel[:, 2]], -1)
-    dl = torch.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1], d[:, 2]], -1)
+    # into the box frame: x' = R(yaw)^T (x - centre)
+    Rt = rotation_z(b[:, 6]).transpose(1, 2)  # [P, 3, 3]
+    ol = (Rt @ (o - b[:, :3])[:, :, None])[..., 0]
+    dl = (Rt @ d[:, :, None])[..., 0]
     half = b[:, 3:6] / 2
     dl_safe = torch.where(dl.abs() < 1e-12, torch.full_like(dl, 1e-12), dl)
     t1, t2 = (-half - ol) / dl_safe, (half - ol) / dl_safe

@@ -9,7 +9,6 @@ is assigned to the nearest keyframe's sample (ties to the later one), as nuScene
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +54,7 @@ def count_points_in_boxes(points: np.ndarray, boxes: np.ndarray, margin: float =
 class Sweeps:
     """Non-key captures per sensor between consecutive keyframes (nuScenes' real rates: lidar 9, radar 6, camera 5)."""
 
-    lidar: int = 2
+    lidar: int = 1
     radar: int = 6
     camera: int = 0
 
@@ -195,7 +194,7 @@ class SceneRecorder:
             out.sample_data.append(dict(
                 channel=channel, timestamp=ts, is_key_frame=is_key, sample_index=k, filename=rel,
                 fileformat=fileformat, width=width, height=height, ego_translation=[float(E[0, 3]), float(E[1, 3]), 0.0],
-                ego_rotation=yaw_to_quaternion(np.array(math.atan2(E[1, 0], E[0, 0]))).tolist()))
+                ego_rotation=matrix_to_quaternion(E[:3, :3]).tolist()))
             return root / rel
 
         for t, modality, is_key, k in _captures(spec, self.timing):

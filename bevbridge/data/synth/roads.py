@@ -148,7 +148,7 @@ class RoadLayout:
     def context(self, xy: np.ndarray) -> list[str]:
         """The most specific map context of each canonical point ``[N, 2]`` (used by captions)."""
         x, y = xy[:, 0], xy[:, 1]
-        out = np.full(len(xy), "roadside", dtype=object)
+        out = np.full(len(xy), "beside the road", dtype=object)
         strips = [a.rect(a.d0, a.d1, *a.parking_span()) for a in self.arms.values() if a.parking_side]
         ordered = [
             ("on the road", self.road), ("at the side of the road", unary_union(strips) if strips else Polygon()), ("in the work zone", self.worksite),

@@ -13,10 +13,12 @@ Layout of the output (``DIR`` = the dataroot)::
 The world is written into a temp folder beside ``DIR`` and renamed into place at the end, so ``DIR`` is either a
 complete world (with its manifest) or absent; an interrupted run leaves only the hidden temp folder, removed on
 failure. An existing ``DIR`` is replaced only if it is a previous synthetic world (it has a manifest) or empty.
+Concurrent calls for the same ``DIR`` serialise on a lock file beside it (``.DIR.synth-lock``, left in place).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,6 +28,7 @@ import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -120,12 +123,33 @@ def is_complete(dataroot: str | os.PathLike, **params) -> bool:
     return all((table_root / f"{name}.json").is_file() for name in TABLE_NAMES)
 
 
-def ensure_world(out: str | os.PathLike, **params) -> Path:
-    """The dataroot of a world with these parameters at ``out``: reused if complete, else (re)generated."""
-    if is_complete(out, **params):
-        log.info("synthetic world: reusing %s", out)
-        return Path(out)
-    return generate(out, **params)
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """An exclusive lock beside ``out`` (a hidden ``.NAME.synth-lock`` file, left in place): concurrent
+    generate/ensure_world calls for the same folder (e.g. several torchrun ranks) run one after the other."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.synth-lock", "a") as f:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no advisory locks on this platform
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_world(out: str | os.PathLike, workers: int = 1, **params) -> Path:
+    """The dataroot of a world with these parameters at ``out``: reused if complete, else (re)generated. Safe to
+    call from several processes at once: one generates, the others wait and reuse it."""
+    out = Path(out).resolve()
+    with _lock(out):
+        if is_complete(out, **params):
+            log.info("synthetic world: reusing %s", out)
+            return out
+        return _generate(out, generation_params(**params), workers)
 
 
 def scene_specs(dataroot: str | os.PathLike) -> dict[str, SceneSpec]:
@@ -193,10 +217,14 @@ def generate(out: str | os.PathLike, *, scenes: int | None = None,
     params = generation_params(scenes=scenes, samples_per_scene=samples_per_scene, image_size=image_size, seed=seed,
                                version=version, sweeps=sweeps, lidar_azimuths=lidar_azimuths)
     out = Path(out).resolve()
+    with _lock(out):
+        return _generate(out, params, workers)
+
+
+def _generate(out: Path, params: dict, workers: int) -> Path:
     if out.exists() and not (out.is_dir() and (_read_manifest(out) is not None or not any(out.iterdir()))):
         raise FileExistsError(f"synthetic world: {out} exists and is not a synthetic world (no {MANIFEST}); "
                               f"refusing to replace it. Choose another --out or remove it yourself.")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.synth-tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
