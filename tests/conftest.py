@@ -13,6 +13,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("BEVBRIDGE_NO_PROGRESS", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_info_cache(tmp_path_factory):
+    """Dataset info caches of this session go to a temp folder, never to the user's ~/.cache."""
+    old = os.environ.get("BEVBRIDGE_CACHE_DIR")
+    os.environ["BEVBRIDGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("bevbridge_cache"))
+    yield
+    if old is None:
+        os.environ.pop("BEVBRIDGE_CACHE_DIR", None)
+    else:
+        os.environ["BEVBRIDGE_CACHE_DIR"] = old
+
+
 # ------------------------------------------------------------------------------------------ synthetic world fixture
 # Small on purpose: 3 scenes (2 train + 1 val) x 4 keyframes, 72x128 images (nuScenes' 900x1600 scaled by 0.08).
 SYNTH_TEST_PARAMS = dict(scenes=3, samples_per_scene=4, image_size=(72, 128), seed=0, version="v1.0-mini")

@@ -53,7 +53,7 @@ class NuScenesDataset(Dataset):
         min_points: drop boxes with fewer than this many lidar + radar points (1 = the devkit's evaluation rule).
         captions: path of a TOD3Cap-format caption JSON (relative to dataroot or absolute), or None.
         drop_cameras: camera names to mark missing (``cam_mask`` False); drop_radar / drop_lidar: make it None.
-        cache_path: where the info cache lives (default ``<dataroot>/bevbridge_cache/``); built if missing.
+        cache_path: where the info cache lives (default: ``nuscenes_info.default_cache_path``); built if missing.
         seed: base seed of the per-sample augmentation RNG (combined with the index and the epoch).
     """
 

@@ -57,7 +57,16 @@ def open_nuscenes(dataroot: str | os.PathLike, version: str):
 
 
 def default_cache_path(dataroot: str | os.PathLike, version: str) -> Path:
-    return Path(dataroot) / "bevbridge_cache" / f"{version}_infos_v{SCHEMA_VERSION}.json.gz"
+    """``$BEVBRIDGE_CACHE_DIR`` (default ``~/.cache/bevbridge``) / ``<version>_<dataroot hash>_infos_v<schema>.json.gz``.
+
+    Outside the dataroot, which is often read-only (and must stay byte-identical for the synthetic world's checks);
+    keyed by the dataroot's absolute path, so two datasets never share a cache.
+    """
+    import hashlib
+
+    base = Path(os.environ.get("BEVBRIDGE_CACHE_DIR") or Path.home() / ".cache" / "bevbridge")
+    key = hashlib.sha1(str(Path(dataroot).resolve()).encode()).hexdigest()[:12]
+    return base / f"{version}_{key}_infos_v{SCHEMA_VERSION}.json.gz"
 
 
 # ----------------------------------------------------------------------------------------------------- extraction

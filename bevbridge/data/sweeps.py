@@ -56,6 +56,7 @@ def load_radar_sweeps(dataroot: str | Path, radars: dict[str, list[dict]], ego2g
             path = root / rec["filename"]
             _check(path, f"radar sweep ({channel}, sample {sample_token})")
             pts = RadarPointCloud.from_file(str(path), **kw).points.T.astype(np.float64)  # [n, 18]
+            pts = pts[np.isfinite(pts[:, :3]).all(1)]  # an empty sweep is stored as one NaN point (devkit's way)
             if len(pts) == 0:
                 continue
             T = _key_from_sensor(rec, global2key)
