@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "BEVGrid",
+    "z_to_index",
     "make_transform",
     "invert_transform",
     "transform_points",
@@ -166,6 +167,18 @@ class BEVGrid:
         xy = target.cell_centres(feat.device, torch.float64).reshape(1, -1, 2).expand(B, -1, -1)
         out = self.sample(feat, xy, mode=mode)
         return out.reshape(B, feat.shape[1], target.H, target.W)
+
+
+def z_to_index(z: Array, zmin: float, zmax: float, num_bins: int = 1) -> tuple[Array, Array]:
+    """Height bins over ``[zmin, zmax)`` (``num_bins`` equal bins): ``(iz int64, inside bool)`` for ``z [...]``.
+
+    The vertical companion of ``BEVGrid.xy_to_index`` (LSS voxels, pillars): BEVDet's z range [-5, 3] in one bin.
+    """
+    if not (zmax > zmin and num_bins >= 1):
+        raise ValueError(f"z_to_index needs zmax > zmin and num_bins >= 1, got [{zmin}, {zmax}) in {num_bins} bins")
+    f = (z - zmin) / ((zmax - zmin) / num_bins)
+    iz = np.floor(f).astype(np.int64) if isinstance(z, np.ndarray) else torch.floor(f).long()
+    return iz, (iz >= 0) & (iz < num_bins)
 
 
 # ----------------------------------------------------------------------------------------------- rigid transforms
