@@ -27,6 +27,7 @@ import torch.nn.functional as F
 __all__ = [
     "BEVGrid",
     "unit_cell_centres",
+    "z_to_index",
     "make_transform",
     "invert_transform",
     "transform_points",
@@ -180,6 +181,18 @@ def unit_cell_centres(H: int, W: int, device: torch.device | str | None = None,
     xs = (torch.arange(W, device=device, dtype=torch.float64) + 0.5) / W
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([gx.reshape(-1), gy.reshape(-1)], -1).to(dtype)
+
+
+def z_to_index(z: Array, zmin: float, zmax: float, num_bins: int = 1) -> tuple[Array, Array]:
+    """Height bins over ``[zmin, zmax)`` (``num_bins`` equal bins): ``(iz int64, inside bool)`` for ``z [...]``.
+
+    The vertical companion of ``BEVGrid.xy_to_index`` (LSS voxels, pillars): BEVDet's z range [-5, 3] in one bin.
+    """
+    if not (zmax > zmin and num_bins >= 1):
+        raise ValueError(f"z_to_index needs zmax > zmin and num_bins >= 1, got [{zmin}, {zmax}) in {num_bins} bins")
+    f = (z - zmin) / ((zmax - zmin) / num_bins)
+    iz = np.floor(f).astype(np.int64) if isinstance(z, np.ndarray) else torch.floor(f).long()
+    return iz, (iz >= 0) & (iz < num_bins)
 
 
 # ----------------------------------------------------------------------------------------------- rigid transforms
