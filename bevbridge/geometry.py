@@ -129,7 +129,9 @@ class BEVGrid:
         """Centres ``[..., 2] = (x, y)`` in metres of cells (ix, iy)."""
         x = self.xmin + (ix + 0.5) * self.res
         y = self.ymin + (iy + 0.5) * self.res
-        return np.stack([x, y], -1) if isinstance(x, np.ndarray) else torch.stack([x, y], -1)
+        if isinstance(x, torch.Tensor):
+            return torch.stack([x, y], -1)
+        return np.stack([np.asarray(x), np.asarray(y)], -1)  # numpy arrays, including 0-d ones
 
     def cell_centres(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``[H, W, 2] = (x, y)`` metres of every cell centre."""

@@ -6,26 +6,31 @@ import numpy as np
 import pytest
 import torch
 
+from bevbridge.geometry import BEVGrid
 from bevbridge.models.bev.second import SECOND, SECONDFPN
+from bevbridge.ops.voxelize import Voxels, voxelize
 from bevbridge.models.radar.radar_bev_net import RadarBEVNet, pillars_to_padded
 from bevbridge.models.radar.rcs_scatter import RCSAwareScatter, rcs_gaussian_maps
 
 
-def random_pillars(P=30, T=10, B=2, grid=512, seed=0):
+GRID = BEVGrid.square(51.2, 0.2)
+
+
+def random_pillars(P=30, B=2, seed=0):
+    """Radar-like points (x, y, z, vx, vy, rcs, dt) clustered around P random spots, voxelized into pillars."""
     g = torch.Generator().manual_seed(seed)
-    coors = torch.stack([torch.randint(0, B, (P,), generator=g), torch.randint(0, grid, (P,), generator=g),
-                         torch.randint(0, grid, (P,), generator=g)], 1)
-    coors = coors[torch.argsort(coors[:, 0], stable=True)]
-    num = torch.randint(1, T + 1, (P,), generator=g)
-    feats = torch.zeros(P, T, 7)
-    for_x = coors[:, 2].float() * 0.2 - 51.2 + 0.1
-    for_y = coors[:, 1].float() * 0.2 - 51.2 + 0.1
-    valid = torch.arange(T)[None] < num[:, None]
-    pts = torch.randn(P, T, 7, generator=g)
-    pts[..., 0] = for_x[:, None] + 0.05 * pts[..., 0]
-    pts[..., 1] = for_y[:, None] + 0.05 * pts[..., 1]
-    feats[valid] = pts[valid]
-    return feats, num, coors
+    spots = torch.rand(B, P, 2, generator=g) * 90 - 45
+    per = torch.randint(1, 4, (B, P), generator=g)
+    M = int(per.sum(1).max())
+    pts = torch.zeros(B, M, 7)
+    mask = torch.zeros(B, M, dtype=torch.bool)
+    for b in range(B):
+        xy = spots[b].repeat_interleave(per[b], 0) + 0.03 * torch.randn(int(per[b].sum()), 2, generator=g)
+        n = len(xy)
+        pts[b, :n, :2] = xy
+        pts[b, :n, 2:] = torch.randn(n, 5, generator=g)
+        mask[b, :n] = True
+    return voxelize(pts, GRID, (-5.0, 3.0), max_points=10, mask=mask)
 
 
 def test_pillars_to_padded_round_trip():
@@ -39,20 +44,22 @@ def test_pillars_to_padded_round_trip():
 def test_radar_bev_net_shapes_and_sample_independence():
     torch.manual_seed(0)
     net = RadarBEVNet().eval()
-    feats, num, coors = random_pillars()
-    out, mean = net(feats.clone(), num, coors, batch_size=2)
-    assert out.shape == (30, 64) and mean.shape == (30, 7)
+    vox = random_pillars()
+    P = len(vox.num_points)
+    out, mean = net(vox, batch_size=2)
+    assert out.shape == (P, 64) and mean.shape == (P, 7) and P > 30
     # the pillars of sample 0 alone give the same features: samples never attend to each other
-    sel = coors[:, 0] == 0
-    out0, _ = net(feats[sel].clone(), num[sel], coors[sel], batch_size=1)
+    sel = vox.coors[:, 0] == 0
+    only0 = Voxels(vox.features[sel], vox.num_points[sel], vox.coors[sel], vox.point_voxel[:1])
+    out0, _ = net(only0, batch_size=1)
     assert torch.allclose(out0, out[sel], atol=1e-5)
     out.sum().backward()
 
 
 def test_radar_bev_net_handles_a_sample_without_pillars():
     net = RadarBEVNet().train()
-    feats, num, coors = random_pillars(B=1)
-    out, _ = net(feats, num, coors, batch_size=2)  # sample 1 has no radar returns at all
+    vox = random_pillars(B=1)
+    out, _ = net(vox, batch_size=2)  # sample 1 has no radar returns at all
     out.sum().backward()
     assert torch.isfinite(out).all()
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
@@ -90,10 +97,10 @@ def test_rcs_gaussian_maps_match_the_slow_reference():
 
 
 def test_scatter_second_fpn_shapes():
-    feats, num, coors = random_pillars()
+    vox = random_pillars()
     net = RadarBEVNet()
-    pf, mean = net(feats, num, coors, 2)
-    canvas = RCSAwareScatter(64, (512, 512), max_radius=8)(pf, mean, coors, 2)
+    pf, mean = net(vox, 2)
+    canvas = RCSAwareScatter(64, GRID, max_radius=8)(pf, mean, vox.coors, 2)
     assert canvas.shape == (2, 64, 512, 512)
     small = canvas[:, :, :64, :64]
     out = SECONDFPN()(SECOND()(small))
@@ -102,13 +109,14 @@ def test_scatter_second_fpn_shapes():
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_scatter_places_features_at_their_cells(seed):
-    feats, num, coors = random_pillars(P=5, seed=seed)
-    scatter = RCSAwareScatter(4, (512, 512))
-    pf = torch.randn(5, 4)
+    vox = random_pillars(P=5, seed=seed)
+    coors = vox.coors
+    scatter = RCSAwareScatter(4, GRID)
+    pf = torch.randn(len(coors), 4)
     # bypass the fusion convs: check the raw canvas through a hook on compress's input
     seen = {}
     scatter.compress.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
-    mean = torch.zeros(5, 7)
+    mean = torch.zeros(len(coors), 7)
     scatter(pf, mean, coors, 2)
     canvas = seen["x"][:, :4]
-    assert torch.equal(canvas[coors[:, 0], :, coors[:, 1], coors[:, 2]], pf)
+    assert torch.equal(canvas[coors[:, 0], :, coors[:, 2], coors[:, 3]], pf)

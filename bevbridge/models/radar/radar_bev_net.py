@@ -1,8 +1,9 @@
 """RadarBEVNet's dual-stream pillar encoder (RCBEVDet, Sec. 3.2; public config in notes/anchor-facts.md).
 
-Input: radar pillars as a voxelizer produces them (``features [P, T, 7]`` with x, y, z, vx_comp, vy_comp, rcs, dt;
-``num_points [P]``; ``coors [P, 3] = (batch, iy, ix)`` on a 0.2 m grid over [-51.2, 51.2]). Output: one feature per
-pillar ``[P, 64]`` and the pillar's mean (normalised) input features ``[P, 7]`` for the RCS-aware scatter.
+Input: radar pillars from ``bevbridge.ops.voxelize`` (``Voxels``: ``features [P, T, 7]`` with x, y, z, vx_comp,
+vy_comp, rcs, dt; ``num_points [P]``; ``coors [P, 4] = (batch, iz, iy, ix)`` on the pillar BEVGrid, RCBEVDet: 0.2 m
+over [-51.2, 51.2]). Output: one feature per pillar ``[P, 64]`` and the pillar's mean input features ``[P, 7]``
+(x, y, z normalised to [0, 1] over the grid and height range) for the RCS-aware scatter.
 
 Two streams run side by side over the points of each pillar:
 - point stream: ``RFN`` layers (Linear -> BN1d -> ReLU) on ``[normalised xyz, vx, vy, rcs, dt, offset to pillar
@@ -26,6 +27,9 @@ import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
+
+from bevbridge.geometry import BEVGrid
+from bevbridge.ops.voxelize import Voxels
 
 __all__ = ["RadarBEVNet", "pillars_to_padded"]
 
@@ -163,12 +167,13 @@ class _SelfAttentionBlock(nn.Module):
 
 
 class RadarBEVNet(nn.Module):
-    """``forward(features [P, T, 7], num_points [P], coors [P, 3], batch_size) -> (pillar_feat [P, 64],
-    pillar_mean [P, 7])``. See the module docstring."""
+    """``forward(voxels: Voxels, batch_size) -> (pillar_feat [P, 64], pillar_mean [P, 7])``. See the module
+    docstring. ``legacy_x_offset`` reproduces a quirk of the public code (the x offset to the pillar centre is taken
+    from the z index, i.e. measured from the grid's edge) for exact parity with its checkpoints; off by default."""
 
-    def __init__(self, in_channels: int = 7, feat_channels: tuple[int, ...] = (32, 64), heads: int = 2,
-                 voxel_size: tuple[float, float] = (0.2, 0.2),
-                 pc_range: tuple[float, ...] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)):
+    def __init__(self, grid: BEVGrid = BEVGrid.square(51.2, 0.2), z_range: tuple[float, float] = (-5.0, 3.0),
+                 in_channels: int = 7, feat_channels: tuple[int, ...] = (32, 64), heads: int = 2,
+                 legacy_x_offset: bool = False):
         super().__init__()
         chans = [in_channels + 2, *feat_channels]
         self.point_block = nn.ModuleList(_RFNLayer(chans[i], chans[i + 1]) for i in range(len(feat_channels)))
@@ -182,21 +187,23 @@ class RadarBEVNet(nn.Module):
         self.pos_embed = nn.Sequential(nn.Linear(3, e), nn.LayerNorm(e), nn.ReLU(inplace=True),
                                        nn.Linear(e, e), nn.LayerNorm(e), nn.ReLU(inplace=True))
         self.point_embed = _PointEmbed(in_channels + 4, e)
-        self.voxel_size = tuple(voxel_size)
-        self.register_buffer("pc_min", torch.tensor(pc_range[:3], dtype=torch.float32), persistent=False)
-        self.register_buffer("pc_size", torch.tensor(pc_range[3:], dtype=torch.float32) - torch.tensor(pc_range[:3]),
-                             persistent=False)
+        self.grid = grid
+        self.z_range = tuple(z_range)
+        self.legacy_x_offset = legacy_x_offset
         self.out_channels = feat_channels[-1]
 
-    def forward(self, features: torch.Tensor, num_points: torch.Tensor, coors: torch.Tensor,
-                batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, voxels: Voxels, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        features, num_points, coors = voxels.features, voxels.num_points, voxels.coors
         P, T, _ = features.shape
         mask = (torch.arange(T, device=features.device)[None] < num_points[:, None]).unsqueeze(-1).to(features.dtype)
-        # offset of each point from its pillar centre, in metres
-        centre_x = coors[:, 2].to(features.dtype) * self.voxel_size[0] + self.voxel_size[0] / 2 + self.pc_min[0]
-        centre_y = coors[:, 1].to(features.dtype) * self.voxel_size[1] + self.voxel_size[1] / 2 + self.pc_min[1]
-        f_center = torch.stack([features[..., 0] - centre_x[:, None], features[..., 1] - centre_y[:, None]], -1)
-        feats = torch.cat([(features[..., :3] - self.pc_min) / self.pc_size, features[..., 3:]], -1)
+        centres = voxels.centres(self.grid).to(features.dtype)  # [P, 2] metres of each pillar's cell centre
+        if self.legacy_x_offset:
+            centres = centres.clone()
+            centres[:, 0] = self.grid.xmin + self.grid.res / 2
+        f_center = features[..., :2] - centres[:, None]
+        zmin, zmax = self.z_range
+        feats = torch.cat([self.grid.xy_to_unit(features[..., :2]), (features[..., 2:3] - zmin) / (zmax - zmin),
+                           features[..., 3:]], -1)
         count = mask.sum(1).clamp(min=1)
         mean_xy = (feats[..., :2] * mask).sum(1, keepdim=True) / count[:, None]
         f_mean = feats[..., :2] - mean_xy

@@ -17,6 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bevbridge.geometry import BEVGrid
+from bevbridge.ops.voxelize import scatter_to_bev
+
 __all__ = ["RCSAwareScatter", "rcs_gaussian_maps"]
 
 
@@ -32,7 +35,8 @@ def _offsets(r: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, 
 
 def rcs_gaussian_maps(coors: torch.Tensor, radius: torch.Tensor, rcs: torch.Tensor, batch_size: int, H: int,
                       W: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``coors [P, 3] = (b, iy, ix)``, ``radius [P]`` int, ``rcs [P]`` -> (heatmap, rcs_map), each ``[B, 1, H, W]``."""
+    """``coors [P, 3] = (b, iy, ix)`` cell indices, ``radius [P]`` int, ``rcs [P]`` -> (heatmap, rcs_map), each
+    ``[B, 1, H, W]``."""
     dtype = rcs.dtype
     heat = torch.zeros(batch_size * H * W, dtype=dtype, device=rcs.device)
     rmap = torch.full((batch_size * H * W,), float("-inf"), dtype=dtype, device=rcs.device)
@@ -52,16 +56,18 @@ def rcs_gaussian_maps(coors: torch.Tensor, radius: torch.Tensor, rcs: torch.Tens
 
 
 class RCSAwareScatter(nn.Module):
-    """``forward(pillar_feat [P, C], pillar_mean [P, 7], coors [P, 3], batch_size) -> [B, C, H, W]``.
+    """``forward(pillar_feat [P, C], pillar_mean [P, 7], coors [P, 4] = (b, iz, iy, ix), batch_size)
+    -> [B, C, H, W]`` on the pillar ``grid``.
 
     ``pillar_mean`` columns are the normalised (x, y, z, vx_comp, vy_comp, rcs, dt) means from RadarBEVNet; the
     RCS column is ``rcs_index`` (-2). Parameter names follow the public code (compress, rcs_att).
     """
 
-    def __init__(self, channels: int = 64, grid_hw: tuple[int, int] = (512, 512), rcs_index: int = -2,
+    def __init__(self, channels: int = 64, grid: BEVGrid = BEVGrid.square(51.2, 0.2), rcs_index: int = -2,
                  max_radius: int | None = None):
         super().__init__()
-        self.H, self.W = grid_hw
+        self.grid = grid
+        self.H, self.W = grid.shape
         self.channels = channels
         self.rcs_index = rcs_index
         self.max_radius = max_radius
@@ -70,16 +76,13 @@ class RCSAwareScatter(nn.Module):
 
     def forward(self, pillar_feat: torch.Tensor, pillar_mean: torch.Tensor, coors: torch.Tensor,
                 batch_size: int) -> torch.Tensor:
-        B, C, H, W = batch_size, self.channels, self.H, self.W
-        canvas = pillar_feat.new_zeros(B * H * W, C)
-        flat = (coors[:, 0].long() * H + coors[:, 1].long()) * W + coors[:, 2].long()
-        canvas[flat] = pillar_feat
-        canvas = canvas.view(B, H, W, C).permute(0, 3, 1, 2)
+        B, H, W = batch_size, self.H, self.W
+        canvas = scatter_to_bev(pillar_feat, coors, B, self.grid)
         with torch.no_grad():
             rcs = pillar_mean[:, self.rcs_index]
             radius = (torch.relu(rcs * (pillar_mean[:, 0] ** 2 + pillar_mean[:, 1] ** 2)) + 1).long()
             if self.max_radius is not None:
                 radius = radius.clamp(max=self.max_radius)
-        heat, rmap = rcs_gaussian_maps(coors, radius, rcs.detach(), B, H, W)
+        heat, rmap = rcs_gaussian_maps(coors[:, [0, 2, 3]], radius, rcs.detach(), B, H, W)
         att = self.rcs_att(torch.cat([heat, rmap], 1).to(canvas.dtype))
         return self.compress(torch.cat([canvas, att], 1))
