@@ -70,11 +70,11 @@ def _cmd_eval_detections(args: argparse.Namespace) -> int:
                                       verbose=getattr(args, "verbose", False))
     except (FileNotFoundError, ValueError) as e:
         raise CommandError(f"bevbridge eval-detections: {e}") from e
-    print(format_detection_summary(metrics))
     if args.out:
         clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
         atomic_write_text(args.out, json.dumps(clean, indent=2) + "\n")
         log.info("metrics written to %s", args.out)
+    print(format_detection_summary(metrics))
     return 0
 
 

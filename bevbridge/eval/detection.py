@@ -122,11 +122,12 @@ def load_results(path: str | PathLike, split_tokens: list[str]) -> dict:
     results = data["results"]
     wanted = set(split_tokens)
     missing = [t for t in split_tokens if t not in results]
-    if missing:
-        raise ValueError(f"{path}: {len(missing)} of the split's {len(wanted)} sample tokens are missing from "
-                         f"'results' (e.g. {missing[0]}); every sample needs an entry, an empty list if nothing "
-                         f"was detected")
     extra = [t for t in results if t not in wanted]
+    if missing:
+        hint = (f"; it has {len(extra)} tokens of other samples: made for another split or version?" if extra else
+                "; every sample needs an entry, an empty list if nothing was detected")
+        raise ValueError(f"{path}: {len(missing)} of the split's {len(wanted)} sample tokens are missing from "
+                         f"'results' (e.g. {missing[0]}){hint}")
     if extra:
         raise ValueError(f"{path}: {len(extra)} sample tokens in 'results' are not in the split (e.g. {extra[0]}); "
                          f"was the file made for another split or version?")
