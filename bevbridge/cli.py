@@ -48,12 +48,42 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validated_then_not_built(name: str, what: str) -> Callable[[argparse.Namespace], int]:
-    """Validate the config and overrides first (so mistakes surface now), then report that the command is missing."""
+def _cmd_synth(args: argparse.Namespace) -> int:
+    import time
+
+    from bevbridge.data import synth
+
+    kwargs = dict(scenes=args.scenes, seed=args.seed, version=args.dataset_version)
+    if args.samples_per_scene is not None:
+        kwargs["samples_per_scene"] = args.samples_per_scene
+    if args.image_size is not None:
+        kwargs["image_size"] = tuple(args.image_size)
+    if args.sweeps is not None:
+        kwargs["sweeps"] = tuple(args.sweeps)
+    t0 = time.perf_counter()
+    try:
+        root = synth.generate(args.out, workers=args.workers, **kwargs)
+    except (ValueError, FileExistsError) as e:
+        raise CommandError(f"bevbridge synth: {e}", EXIT_USAGE) from e
+    print(f"wrote {root} ({args.dataset_version}) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _engine(name: str) -> Callable[[argparse.Namespace], int]:
+    """A handler that runs bevbridge.engine.commands.<name>; the engine's one-line errors become CommandErrors."""
 
     def run(args: argparse.Namespace) -> int:
-        _load_experiment(args)
-        return _not_built(name, what)(args)
+        _load_experiment(args)  # config mistakes surface at once, before torch is imported
+        from bevbridge.engine import commands
+        from bevbridge.engine.distributed import cleanup
+        from bevbridge.engine.errors import EngineError
+
+        try:
+            return getattr(commands, name)(args)
+        except EngineError as e:
+            raise CommandError(f"bevbridge {args.command}: {e}", e.code) from e
+        finally:
+            cleanup()
 
     return run
 
@@ -103,20 +133,38 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("synth", "write a synthetic nuScenes-format world (tables, maps, cameras, radar, lidar, captions)",
-            _not_built("synth", "issue #3, the synthetic nuScenes-format world"))
-    p.add_argument("--out", default="data/synth")
+            _cmd_synth)
+    p.add_argument("--out", default="data/synth", help="dataroot to write (default: data/synth)")
+    p.add_argument("--scenes", type=int, default=None,
+                   help="number of scenes (default 10, named like the devkit's mini split)")
+    p.add_argument("--samples-per-scene", type=int, default=None, help="keyframes per scene at 2 Hz (default 20)")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="camera image size (default 144 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--version", dest="dataset_version", default="v1.0-mini", help="table folder name")
+    p.add_argument("--sweeps", type=int, nargs=3, metavar=("LIDAR", "RADAR", "CAMERA"), default=None,
+                   help="non-key sweeps between keyframes per sensor (default 1 6 0; nuScenes' rates: 9 6 5)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes, one scene each (default 1; more helps on an idle multi-core machine); "
+                        "the output does not depend on it")
 
-    p = add("train", "train a model from an experiment config",
-            _validated_then_not_built("train", "issue #6, the training engine"))
+    p = add("train", "train a model from an experiment config (torchrun for several processes)", _engine("train"))
     _add_config_args(p)
+    p.add_argument("--out", metavar="DIR", help="run folder (default: <train.out_dir>/<name>)")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
+                   help="continue from CKPT, or from the run folder's latest checkpoint when CKPT is omitted")
+    p.add_argument("--max-steps", type=int, metavar="N",
+                   help="stop at step N (the schedule still spans train.max_steps)")
 
-    p = add("eval", "evaluate a checkpoint with the official metrics",
-            _validated_then_not_built("eval", "issue #6, the training engine"))
+    p = add("eval", "evaluate a checkpoint with the official metrics", _engine("evaluate"))
     _add_config_args(p)
+    p.add_argument("--ckpt", required=True, metavar="PATH", help="checkpoint folder, run folder or .safetensors")
+    p.add_argument("--out", metavar="DIR", help="where metrics.json goes (default: <run>/eval/<checkpoint>)")
 
-    p = add("infer", "run a checkpoint and write predictions (devkit results JSON)",
-            _validated_then_not_built("infer", "issue #6, the training engine"))
+    p = add("infer", "run a checkpoint and write predictions (devkit results JSON)", _engine("infer"))
     _add_config_args(p)
+    p.add_argument("--ckpt", required=True, metavar="PATH", help="checkpoint folder, run folder or .safetensors")
+    p.add_argument("--out", required=True, metavar="RESULTS_JSON", help="the devkit results JSON to write")
 
     p = add("eval-detections", "evaluate a nuScenes detection results JSON with the official devkit metrics",
             _cmd_eval_detections)

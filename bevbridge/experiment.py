@@ -9,7 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["DataConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "ExperimentConfig"]
+from bevbridge.model_config import CTABModelConfig, ModelConfig
+
+__all__ = [
+    "DataConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "EvalConfig", "ModelConfig", "ExperimentConfig",
+]
 
 
 @dataclass
@@ -32,39 +36,121 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and its parameter groups."""
+    """AdamW and its parameter groups (bevbridge/engine/optim.py).
+
+    Learning-rate scaling rule: ``lr`` is used as given, whatever the number of processes, unless ``base_batch`` is
+    set; then ``lr`` is scaled linearly by (actual global batch / base_batch), where the global batch is
+    data.batch_size x processes x train.grad_accum (the linear rule of Goyal et al. 2017, as mmdet's auto_scale_lr).
+    """
 
     lr: float = 2e-4  # peak learning rate for the global batch this config was written for
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
     backbone_lr_mult: float = 1.0  # lr multiplier for image-backbone parameters (BEVFormer: 0.1)
     grad_clip: float | None = 35.0  # max global grad norm; null disables clipping
+    backbone_prefixes: tuple[str, ...] = ("img_backbone.",)  # parameter-name prefixes that backbone_lr_mult applies to
+    decay_1d_params: bool = False  # weight decay on 1-D params (biases, norm scales, scalar gates); mmcv's AdamW: true
+    base_batch: int | None = None  # global batch that `lr` was tuned for; set -> linear lr scaling; null -> lr as is
+    eps: float = 1e-8
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas must lie in [0, 1), got {self.betas}")
+        if self.backbone_lr_mult < 0:
+            raise ValueError(f"optim.backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
+        if self.base_batch is not None and self.base_batch < 1:
+            raise ValueError(f"optim.base_batch must be >= 1 or null, got {self.base_batch}")
 
 
 @dataclass
 class ScheduleConfig:
-    """Learning-rate schedule."""
+    """Learning-rate schedule, per optimizer step over train.max_steps (bevbridge/engine/schedule.py).
+
+    cosine: cosine decay from the peak lr to min_lr_ratio x peak (CTAB: peak 4e-4, 500 warmup steps).
+    cyclic: the one-cycle policy of BEVDet/RCBEVDet (mmcv 'cyclic'): lr rises by cosine from lr to
+    cyclic_lr_ratio[0] x lr over the first cyclic_step_ratio_up of each cycle, then falls by cosine to
+    cyclic_lr_ratio[1] x lr; AdamW's beta1 follows cyclic_momentum_ratio the same way. Usually with warmup_steps: 0.
+    constant: the peak lr throughout.
+    Warmup (all kinds): the factor rises linearly from warmup_ratio to 1 over warmup_steps and multiplies the schedule.
+    """
 
     kind: Literal["cosine", "cyclic", "constant"] = "cosine"
     warmup_steps: int = 500  # linear warmup from warmup_ratio * lr
     warmup_ratio: float = 1.0 / 3.0
     min_lr_ratio: float = 1e-3  # cosine floor as a fraction of the peak
+    cyclic_lr_ratio: tuple[float, float] = (10.0, 1e-4)  # (top, end) as multiples of lr
+    cyclic_momentum_ratio: tuple[float, float] = (0.85 / 0.95, 1.0)  # (bottom, end) as multiples of beta1
+    cyclic_step_ratio_up: float = 0.4  # fraction of each cycle spent rising
+    cyclic_times: int = 1  # number of cycles over train.max_steps
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0:
+            raise ValueError(f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ValueError(f"schedule.warmup_ratio must lie in [0, 1], got {self.warmup_ratio}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"schedule.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 <= self.cyclic_step_ratio_up < 1.0:
+            raise ValueError(f"schedule.cyclic_step_ratio_up must lie in [0, 1), got {self.cyclic_step_ratio_up}")
+        if self.cyclic_times < 1:
+            raise ValueError(f"schedule.cyclic_times must be >= 1, got {self.cyclic_times}")
 
 
 @dataclass
 class TrainConfig:
-    """The training loop."""
+    """The training loop (bevbridge/engine/trainer.py). A step is one optimizer step of grad_accum micro-batches."""
 
-    max_steps: int = 1000
+    max_steps: int = 1000  # the schedule's length; `--max-steps N` stops earlier without changing the schedule
     seed: int = 0
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    amp: Literal["none", "bf16", "fp16"] = "none"  # fp16 (with GradScaler) needs CUDA; on CPU it falls back to bf16
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if available, else cpu
+    grad_accum: int = 1  # micro-batches per optimizer step
     log_every: int = 10
     ckpt_every: int = 500
+    keep_last: int = 3  # checkpoints kept besides the best one
     out_dir: str = "runs"  # runs go to <out_dir>/<name>/
+    max_bad_steps: int = 5  # abort after this many consecutive steps with a non-finite loss or gradient
+    ema: bool = False  # keep an exponential moving average of the weights (MEGVII ramp, engine/ema.py)
+    ema_decay: float = 0.999  # BEVDet/RCBEVDet MEGVIIEMAHook: 0.999
+    ema_ramp: float = 2000.0  # decay(u) = ema_decay * (1 - exp(-u / ema_ramp)), u = number of updates
+    ema_init_updates: int = 0  # starting u (RCBEVDet: 10560, i.e. the ramp is already over)
+    find_unused_parameters: bool = False  # DDP: set when some parameters get no gradient in a step
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower; exact reruns on CUDA)
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "grad_accum", "log_every", "ckpt_every", "max_bad_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_last < 1:
+            raise ValueError(f"train.keep_last must be >= 1, got {self.keep_last}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.ema_ramp <= 0 or self.ema_init_updates < 0:
+            raise ValueError("train.ema_ramp must be > 0 and train.ema_init_updates >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation during training and by `bevbridge eval` (bevbridge/engine/evaluation.py)."""
+
+    every_steps: int = 0  # evaluate every N training steps; 0 = only at the end of training
+    use_ema: bool = True  # evaluate the EMA weights when train.ema is on (and the checkpoint has them)
+    evaluators: list[Literal["detection", "segmentation"]] = field(default_factory=list)
+    best_metric: str | None = None  # e.g. "detection/NDS": the checkpoint with the best value is kept as best
+    best_mode: Literal["max", "min"] = "max"
+    batch_size: int | None = None  # per process; null = data.batch_size
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0:
+            raise ValueError(f"eval.every_steps must be >= 0, got {self.every_steps}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"eval.batch_size must be >= 1 or null, got {self.batch_size}")
 
 
 @dataclass
@@ -76,3 +162,6 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # One dataclass per model kind (bevbridge/model_config.py), chosen by its `kind`.
+    model: CTABModelConfig | None = None

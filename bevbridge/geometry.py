@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "BEVGrid",
+    "unit_cell_centres",
     "make_transform",
     "invert_transform",
     "transform_points",
@@ -39,6 +40,7 @@ __all__ = [
     "box_corners",
     "box_bev_corners",
     "transform_boxes",
+    "points_in_boxes",
 ]
 
 Array = TypeVar("Array", torch.Tensor, np.ndarray)
@@ -166,6 +168,18 @@ class BEVGrid:
         xy = target.cell_centres(feat.device, torch.float64).reshape(1, -1, 2).expand(B, -1, -1)
         out = self.sample(feat, xy, mode=mode)
         return out.reshape(B, feat.shape[1], target.H, target.W)
+
+
+def unit_cell_centres(H: int, W: int, device: torch.device | str | None = None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[H*W, 2]`` centres ``((ix + 0.5) / W, (iy + 0.5) / H)`` of an H x W map in [0, 1], row-major (iy outer).
+
+    The reference points of deformable attention over a BEV map (BEVFormer, RCBEVDet's CAMF, CTAB).
+    """
+    ys = (torch.arange(H, device=device, dtype=torch.float64) + 0.5) / H
+    xs = (torch.arange(W, device=device, dtype=torch.float64) + 0.5) / W
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], -1).to(dtype)
 
 
 # ----------------------------------------------------------------------------------------------- rigid transforms
@@ -324,3 +338,15 @@ def transform_boxes(T: Array, boxes: Array) -> Array:
         vel = boxes[..., 7:9]
         out[..., 7:9] = (A[:2, :2] @ vel[..., None])[..., 0]
     return out
+
+
+def points_in_boxes(points: Array, boxes: Array, margin: float = 0.0) -> Array:
+    """``[N, M]`` bool: point n (``points [N, >=3]``) lies inside box m (``boxes [M, >=7]``, same frame), each box
+    grown by ``margin`` metres on every side (a point on a face is inside)."""
+    lib = np if isinstance(points, np.ndarray) else torch
+    rel = points[:, None, :3] - boxes[None, :, :3]  # [N, M, 3]
+    c, s = lib.cos(boxes[:, 6]), lib.sin(boxes[:, 6])
+    lx = c * rel[..., 0] + s * rel[..., 1]
+    ly = -s * rel[..., 0] + c * rel[..., 1]
+    half = boxes[:, 3:6] / 2 + margin
+    return (abs(lx) <= half[:, 0]) & (abs(ly) <= half[:, 1]) & (abs(rel[..., 2]) <= half[:, 2])

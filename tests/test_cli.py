@@ -60,3 +60,24 @@ def test_unbuilt_subcommand_says_so_and_fails(args):
     r = bevbridge(*args)
     assert r.returncode == 3
     assert "not built yet" in r.stderr and "nothing was done" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["train"], ["eval", "--ckpt", "x"], ["infer", "--ckpt", "x", "--out", "r.json"]])
+def test_engine_commands_without_a_model_fail_with_one_line(config, args, tmp_path):
+    r = bevbridge(args[0], str(config), *args[1:], cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith(f"bevbridge {args[0]}: ") and "no model" in lines[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()  # nothing was done
+
+
+def test_synth_writes_a_world_and_says_where(tmp_path):
+    out = tmp_path / "world"
+    r = bevbridge("synth", "--out", str(out), "--scenes", "1", "--samples-per-scene", "2", "--image-size", "32", "56",
+                  "--sweeps", "0", "1", "0", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert str(out) in r.stdout and " s" in r.stdout
+    assert (out / "v1.0-mini" / "sample.json").is_file() and (out / "synth_manifest.json").is_file()
+    r = bevbridge("synth", "--out", str(out), "--samples-per-scene", "0")
+    assert r.returncode == 2 and "samples_per_scene" in r.stderr and len(r.stderr.strip().splitlines()) == 1

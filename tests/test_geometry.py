@@ -244,3 +244,21 @@ def test_resample_identity_window_and_upsample():
     # 128 @ 0.8 m onto the BEVFusion 200 @ 0.5 m: the outer ring beyond ±51.2 is absent, everything inside defined
     out = CTAB.resample(torch.ones(1, 1, 128, 128, dtype=torch.float64), MAP)
     assert out.shape == (1, 1, 200, 200) and torch.allclose(out, torch.ones_like(out))
+
+
+@settings(max_examples=30, deadline=None)
+@given(boxes9(n=3), arrays(np.float64, (40, 3), elements=st.floats(-70, 70, **finite)))
+def test_points_in_boxes_matches_the_box_frame(boxes, pts):
+    from bevbridge.geometry import points_in_boxes
+
+    inside = points_in_boxes(pts, boxes)
+    for m, b in enumerate(boxes):
+        local = transform_points(invert_transform(make_transform(rotation_z(np.array(b[6])), b[:3])), pts)
+        expect = (np.abs(local) <= b[3:6] / 2 + 1e-9).all(-1)
+        near_face = (np.abs(np.abs(local) - b[3:6] / 2) < 1e-6).any(-1)  # rounding on a face may go either way
+        assert (inside[:, m] == expect)[~near_face].all()
+    torch_inside = points_in_boxes(torch.from_numpy(pts), torch.from_numpy(boxes))
+    assert (torch_inside.numpy() == inside).all()
+    # corners are inside (on the surface), a margin grows the box
+    corners = box_corners(boxes).reshape(-1, 3)
+    assert points_in_boxes(corners, boxes, margin=1e-6).reshape(3, 8, 3)[np.arange(3), :, np.arange(3)].all()

@@ -1,0 +1,278 @@
+"""`NuScenesDataset`: devkit-backed keyframes as `Sample`s for every model (real nuScenes and the synthetic world).
+
+    ds = NuScenesDataset("data/nuscenes", "v1.0-trainval", "train", image_size=(256, 704), num_past_frames=8,
+                         radar_sweeps=8, map_grid=BEVGrid.square(51.2, 0.512), map_classes=CTAB_MAP_CLASSES)
+
+Everything comes from the versioned info cache (``nuscenes_info``; built on first use) plus the sensor files; the
+devkit is opened only to build the cache and, for map targets, as ``NuScenesMap``. Geometry follows DESIGN.md:
+the ego frame at the keyframe's LIDAR_TOP timestamp, then the BEV augmentation ``bda``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from bevbridge.data.batch import DETECTION_CLASSES, PastFrames, Sample
+from bevbridge.data.bevmap import VEHICLE_CATEGORY_PREFIX, MapRasterizer, vehicle_mask
+from bevbridge.data.captions import load_captions
+from bevbridge.data.nuscenes_info import (CAMERAS, RADARS, InfoCacheError, build_info_cache, default_cache_path,
+                                          load_info_cache, open_nuscenes)
+from bevbridge.data.sweeps import load_lidar_sweeps, load_radar_sweeps
+from bevbridge.data.transforms import (BEVAug, ImageAug, apply_bda_boxes, apply_bda_masks, apply_bda_points,
+                                       sample_bda, sample_ida, warp_image)
+from bevbridge.geometry import BEVGrid, invert_transform
+
+__all__ = ["NuScenesDataset"]
+
+log = logging.getLogger(__name__)
+
+
+class NuScenesDataset(Dataset):
+    """Keyframes of one split as `Sample`s.
+
+    Args:
+        dataroot, version, split: the devkit's dataroot and version folder; a devkit split name (train, val,
+            mini_train, ...) or a key of ``<dataroot>/<version>/splits.json``.
+        cameras: camera channels, in this order. ``image_size``: (H, W) network input; None keeps the originals.
+        image_aug: ranges for training-time image augmentation (None: test-time resize + centre crop only).
+        bev_aug: ranges for the BEV augmentation (None: identity ``bda``).
+        train: sample random augmentations (False: deterministic).
+        num_past_frames: adjacent past keyframes (most recent first) with their ego-motion transforms.
+        radar_sweeps: sweeps per radar (keyframe + previous; 0 disables radar). ``radar_features``: columns.
+        radar_filters: the devkit's default radar filters. ``radar_max_points``: random subset in training, first
+            n otherwise (None: all). ``radar_velocity_compensation``: also move older sweeps' points by v * dt.
+        lidar_sweeps: LiDAR sweeps (keyframe + previous; 0 disables LiDAR).
+        map_grid, map_classes: BEV segmentation targets (``vehicle`` from boxes); None disables them.
+        box_range: (xmin, ymin, xmax, ymax) in the augmented ego frame; boxes outside are dropped (None keeps all).
+        min_points: drop boxes with fewer than this many lidar + radar points (1 = the devkit's evaluation rule).
+        captions: path of a TOD3Cap-format caption JSON (relative to dataroot or absolute), or None.
+        drop_cameras: camera names to mark missing (``cam_mask`` False); drop_radar / drop_lidar: make it None.
+        cache_path: where the info cache lives (default: ``nuscenes_info.default_cache_path``); built if missing.
+        seed: base seed of the per-sample augmentation RNG (combined with the index and the epoch).
+    """
+
+    def __init__(self, dataroot: str | Path, version: str, split: str, *, cameras: Sequence[str] = CAMERAS,
+                 image_size: tuple[int, int] | None = (256, 704), image_aug: ImageAug | None = None,
+                 bev_aug: BEVAug | None = None, train: bool = False, num_past_frames: int = 0,
+                 radar_sweeps: int = 8,
+                 radar_features: Sequence[str] = ("x", "y", "z", "vx_comp", "vy_comp", "rcs", "dt"),
+                 radar_filters: bool = True, radar_max_points: int | None = None,
+                 radar_velocity_compensation: bool = False, lidar_sweeps: int = 1,
+                 map_grid: BEVGrid | None = None, map_classes: Sequence[str] = (),
+                 box_range: tuple[float, float, float, float] | None = None, min_points: int = 1,
+                 captions: str | Path | None = None, drop_cameras: Sequence[str] = (), drop_radar: bool = False,
+                 drop_lidar: bool = False, cache_path: str | Path | None = None, seed: int = 0):
+        self.dataroot = Path(dataroot)
+        self.version, self.split = version, split
+        unknown = [c for c in (*cameras, *drop_cameras) if c not in CAMERAS]
+        if unknown:
+            raise ValueError(f"unknown camera {unknown[0]!r}; nuScenes cameras: {CAMERAS}")
+        self.cameras = tuple(cameras)
+        self.image_size = tuple(image_size) if image_size is not None else None
+        self.image_aug = image_aug
+        self.bev_aug = bev_aug
+        self.train = train
+        self.num_past_frames = num_past_frames
+        self.radar_sweeps = 0 if drop_radar else radar_sweeps
+        self.radar_features = tuple(radar_features)
+        self.radar_filters = radar_filters
+        self.radar_max_points = radar_max_points
+        self.radar_velocity_compensation = radar_velocity_compensation
+        self.lidar_sweeps = 0 if drop_lidar else lidar_sweeps
+        self.map_grid = map_grid
+        self.map_classes = tuple(map_classes)
+        self.box_range = box_range
+        self.min_points = min_points
+        self.drop_cameras = set(drop_cameras)
+        self.seed = seed
+        self.epoch = 0
+
+        infos = self._load_infos(cache_path, max(radar_sweeps, 0), max(lidar_sweeps, 1))
+        self._by_token = {s["token"]: s for s in infos}
+        scenes = set(self._split_scenes())
+        self.samples = sorted((s for s in infos if s["scene_name"] in scenes),
+                              key=lambda s: (s["scene_name"], s["timestamp"]))
+        if not self.samples:
+            raise ValueError(f"split {split!r} has no samples in {self.dataroot / version} "
+                             f"(its scenes: {sorted(scenes)[:5]}...)")
+        self._maps = MapRasterizer(self.dataroot, map_grid, self.map_classes) if map_grid is not None else None
+        self._captions = load_captions(self.dataroot, captions) if captions is not None else None
+
+    # ------------------------------------------------------------------------------------------------- setup
+    def _load_infos(self, cache_path, radar_sweeps: int, lidar_sweeps: int) -> list[dict]:
+        path = Path(cache_path) if cache_path is not None else default_cache_path(self.dataroot, self.version)
+        if not path.is_file():
+            log.info("info cache %s missing: building it (once)", path)
+            open_nuscenes(self.dataroot, self.version)  # clear errors for a wrong dataroot/version first
+            build_info_cache(self.dataroot, self.version, path, radar_sweeps=max(radar_sweeps, 10),
+                             lidar_sweeps=max(lidar_sweeps, 10))
+        return load_info_cache(path, self.version, radar_sweeps, lidar_sweeps)["samples"]
+
+    def _split_scenes(self) -> list[str]:
+        from nuscenes.utils import splits
+
+        if splits.is_predefined_split(self.split):
+            return splits.create_splits_scenes()[self.split]
+        path = self.dataroot / self.version / "splits.json"
+        if not path.is_file():
+            raise ValueError(f"unknown split {self.split!r}: not a devkit split and {path} does not exist")
+        import json
+
+        custom = json.loads(path.read_text())
+        if self.split not in custom:
+            raise ValueError(f"unknown split {self.split!r}; {path} defines {sorted(custom)}")
+        return custom[self.split]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Vary the augmentation per epoch (the engine calls this like DistributedSampler.set_epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def labels_per_sample(self) -> list[np.ndarray]:
+        """Detection labels of each sample (after the min-points rule), for class-balanced sampling."""
+        out = []
+        for s in self.samples:
+            lab = np.asarray(s["anns"]["label"], np.int64)
+            pts = np.asarray(s["anns"]["num_pts"], np.int64).reshape(-1, 2).sum(1)
+            out.append(lab[(lab >= 0) & (pts >= self.min_points)])
+        return out
+
+    # ----------------------------------------------------------------------------------------------- loading
+    def __getitem__(self, idx: int) -> Sample:
+        info = self.samples[idx]
+        rng = np.random.default_rng([self.seed, self.epoch, idx]) if self.train else None
+        ego2global = np.asarray(info["lidar"]["ego2global"], np.float64)
+        global2key = invert_transform(ego2global)
+        bda = sample_bda(self.bev_aug, rng)
+
+        cams = self._cameras(info, global2key, rng, ida_override=None)
+        past = self._past(info, global2key, cams["ida"]) if self.num_past_frames > 0 else None
+
+        radar = lidar = None
+        if self.radar_sweeps > 0:
+            pts = load_radar_sweeps(self.dataroot, {r: info["radars"][r] for r in RADARS if r in info["radars"]},
+                                    ego2global, info["timestamp"], self.radar_sweeps, self.radar_features,
+                                    self.radar_filters, self.radar_velocity_compensation, sample_token=info["token"])
+            if self.radar_max_points is not None and len(pts) > self.radar_max_points:
+                keep = (rng.choice(len(pts), self.radar_max_points, replace=False) if rng is not None
+                        else np.arange(self.radar_max_points))
+                pts = pts[np.sort(keep)]
+            vel = self._vel_cols()
+            radar = torch.from_numpy(apply_bda_points(bda, pts, vel).astype(np.float32))
+        if self.lidar_sweeps > 0:
+            pts = load_lidar_sweeps(self.dataroot, info["lidar"], ego2global, info["timestamp"], self.lidar_sweeps,
+                                    info["token"])
+            lidar = torch.from_numpy(apply_bda_points(bda, pts).astype(np.float32))
+
+        anns = info["anns"]
+        boxes_all = np.asarray(anns["boxes"], np.float64).reshape(-1, 9)
+        boxes_aug = apply_bda_boxes(bda, boxes_all)
+        labels = np.asarray(anns["label"], np.int64)
+        npts = np.asarray(anns["num_pts"], np.int64).reshape(-1, 2)
+        keep = (labels >= 0) & (npts.sum(1) >= self.min_points)
+        if self.box_range is not None:
+            x0, y0, x1, y1 = self.box_range
+            keep &= (boxes_aug[:, 0] >= x0) & (boxes_aug[:, 0] <= x1) & (boxes_aug[:, 1] >= y0) & (boxes_aug[:, 1] <= y1)
+        idx_keep = np.nonzero(keep)[0]
+
+        gt_masks = None
+        if self._maps is not None:
+            gt_masks = torch.from_numpy(self._map_targets(info, ego2global, bda, boxes_aug))
+        captions = None
+        if self._captions is not None:
+            captions = [self._captions.get(anns["tokens"][i], "The object is ignored") for i in idx_keep]
+
+        return Sample(
+            token=info["token"], scene_token=info["scene_token"], location=info["location"],
+            timestamp=int(info["timestamp"]), ego2global=torch.from_numpy(ego2global),
+            bda=torch.from_numpy(bda.astype(np.float32)), cam_names=self.cameras,
+            images=cams["images"], K=cams["K"], sensor2ego=cams["sensor2ego"], ida=cams["ida_t"],
+            cam_mask=cams["mask"], past=past, radar=radar, radar_features=self.radar_features, lidar=lidar,
+            gt_boxes=torch.from_numpy(boxes_aug[idx_keep].astype(np.float32)),
+            gt_labels=torch.from_numpy(labels[idx_keep]),
+            gt_attrs=torch.from_numpy(np.asarray(anns["attr"], np.int64)[idx_keep]),
+            gt_num_pts=torch.from_numpy(npts[idx_keep]),
+            gt_instance_tokens=tuple(anns["instance_tokens"][i] for i in idx_keep),
+            gt_masks=gt_masks, mask_classes=self.map_classes if gt_masks is not None else (), captions=captions,
+        )
+
+    def _vel_cols(self) -> tuple[int, int] | None:
+        f = self.radar_features
+        return (f.index("vx_comp"), f.index("vy_comp")) if "vx_comp" in f and "vy_comp" in f else None
+
+    def _cameras(self, info: dict, global2frame: np.ndarray, rng, ida_override) -> dict:
+        import cv2
+
+        images, Ks, s2e, idas, mask = [], [], [], [], []
+        for i, cam in enumerate(self.cameras):
+            rec = info["cams"].get(cam)
+            if rec is None:
+                raise KeyError(f"sample {info['token']} has no {cam} image in {self.dataroot / self.version}")
+            path = self.dataroot / rec["filename"]
+            dropped = cam in self.drop_cameras
+            if dropped:
+                img = np.zeros((rec["height"], rec["width"], 3), np.uint8)
+            else:
+                img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                if img is None:
+                    raise FileNotFoundError(f"camera image missing or unreadable: {path} (sample {info['token']})")
+                img = img[:, :, ::-1]
+            size = self.image_size or img.shape[:2]
+            if ida_override is not None:
+                ida = ida_override[i]
+            else:
+                ida = sample_ida(img.shape[:2], self.image_aug or ImageAug(tuple(size)), rng if self.image_aug else None)
+            images.append(np.ascontiguousarray(warp_image(img, ida, tuple(size)).transpose(2, 0, 1)))
+            Ks.append(np.asarray(rec["K"], np.float64))
+            s2e.append(global2frame @ np.asarray(rec["ego2global"]) @ np.asarray(rec["sensor2ego"]))
+            idas.append(ida)
+            mask.append(not dropped)
+        return {
+            "images": torch.from_numpy(np.stack(images)), "K": torch.tensor(np.stack(Ks), dtype=torch.float32),
+            "sensor2ego": torch.tensor(np.stack(s2e), dtype=torch.float32), "ida": idas,
+            "ida_t": torch.tensor(np.stack(idas), dtype=torch.float32), "mask": torch.tensor(mask),
+        }
+
+    def _past(self, info: dict, global2key: np.ndarray, idas: list[np.ndarray]) -> PastFrames:
+        frames, valid = [], []
+        cur = info
+        for _ in range(self.num_past_frames):
+            prev = self._by_token.get(cur["prev"]) if cur["prev"] else None
+            valid.append(prev is not None)
+            cur = prev if prev is not None else cur
+            frames.append(cur)
+        imgs, Ks, s2e, ida, e2k = [], [], [], [], []
+        for f in frames:
+            f_ego2global = np.asarray(f["lidar"]["ego2global"], np.float64)
+            cams = self._cameras(f, invert_transform(f_ego2global), None, ida_override=idas)
+            imgs.append(cams["images"])
+            Ks.append(cams["K"])
+            s2e.append(cams["sensor2ego"])
+            ida.append(cams["ida_t"])
+            e2k.append(torch.tensor(global2key @ f_ego2global, dtype=torch.float32))
+        return PastFrames(images=torch.stack(imgs), K=torch.stack(Ks), sensor2ego=torch.stack(s2e),
+                          ida=torch.stack(ida), ego2key=torch.stack(e2k), valid=torch.tensor(valid))
+
+    def _map_targets(self, info: dict, ego2global: np.ndarray, bda: np.ndarray, boxes_aug: np.ndarray) -> np.ndarray:
+        grid = self.map_grid
+        maps = self._maps.masks(info["location"], ego2global)
+        maps = apply_bda_masks(bda, maps, grid)
+        out = np.zeros((len(self.map_classes), grid.H, grid.W), np.uint8)
+        j = 0
+        for i, c in enumerate(self.map_classes):
+            if c == "vehicle":
+                is_vehicle = np.array([cat.startswith(VEHICLE_CATEGORY_PREFIX) for cat in info["anns"]["category"]],
+                                      dtype=bool)
+                out[i] = vehicle_mask(grid, boxes_aug[is_vehicle]) if is_vehicle.any() else 0
+            else:
+                out[i] = maps[j]
+                j += 1
+        return out

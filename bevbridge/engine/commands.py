@@ -1,0 +1,118 @@
+"""The bodies of ``bevbridge train | eval | infer`` (bevbridge/cli.py parses the arguments and calls these).
+
+Objects come from bevbridge/engine/build.py; everything else is the engine's programmatic API, so a script can do
+the same in a few lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from bevbridge.config import load_config
+from bevbridge.engine import build, distributed
+from bevbridge.engine.checkpoint import checkpoint_dir_of, read_weights
+from bevbridge.engine.run_log import add_file_log, write_metrics
+
+__all__ = ["train", "evaluate", "infer"]
+
+log = logging.getLogger(__name__)
+
+
+def _run_dir(cfg, out: str | None) -> Path:
+    return Path(out) if out else Path(cfg.train.out_dir) / cfg.name
+
+
+def train(args: argparse.Namespace) -> int:
+    from bevbridge.engine.trainer import Trainer
+
+    if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
+        raise build.BuildError(f"--resume {args.resume!r}: not a checkpoint path; put key=value overrides before "
+                               f"--resume")
+    cfg = load_config(args.config, args.overrides)
+    model = build.build_model(cfg)
+    build.load_init_weights(model, cfg)
+    train_set, val_set = build.build_datasets(cfg)
+    evaluators = build.build_evaluators(cfg)
+    run_dir = _run_dir(cfg, args.out)
+    handler = add_file_log(run_dir / "train.log") if os.environ.get("RANK", "0") == "0" else None
+    try:
+        trainer = Trainer(cfg, model, train_set, val_set, evaluators, run_dir)
+        result = trainer.fit(resume=args.resume, stop_at=args.max_steps)
+        trainer.run_log.close()
+    finally:
+        if handler is not None:
+            logging.getLogger("bevbridge").removeHandler(handler)
+            handler.close()
+    if trainer.dist.is_main:
+        extra = f", {result.skipped_steps} skipped" if result.skipped_steps else ""
+        print(f"trained to step {result.step}/{cfg.train.max_steps}{extra}; run folder {run_dir}; "
+              f"last checkpoint {result.checkpoint}")
+    return 0
+
+
+def _load_for_inference(args: argparse.Namespace):
+    """(cfg, model on its device with the checkpoint's weights, device, what was loaded)."""
+    cfg = load_config(args.config, args.overrides)
+    model = build.build_model(cfg)
+    try:
+        state, source = read_weights(args.ckpt, prefer_ema=cfg.eval.use_ema)
+    except (FileNotFoundError, ValueError) as e:
+        raise build.BuildError(f"--ckpt: {e}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise build.BuildError(f"--ckpt {source}: the weights do not fit this model ({str(e).splitlines()[0]})") from None
+    device = distributed.select_device(cfg.train.device)
+    distributed.setup(device)
+    log.info("loaded %s", source)
+    return cfg, model.to(device), device, source
+
+
+def _default_eval_dir(cfg, ckpt: str) -> Path:
+    try:
+        d = checkpoint_dir_of(ckpt)
+    except FileNotFoundError:
+        return Path(cfg.train.out_dir) / cfg.name / "eval" / Path(ckpt).stem
+    if d.parent.name == "checkpoints":
+        return d.parent.parent / "eval" / d.name
+    return d / "eval"
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from bevbridge.engine.amp import Precision
+    from bevbridge.engine.evaluation import run_evaluation
+
+    cfg, model, device, source = _load_for_inference(args)
+    _, val_set = build.build_datasets(cfg, train=False)
+    evaluators = build.build_evaluators(cfg)
+    if not evaluators:
+        raise build.BuildError("eval.evaluators is empty: nothing to compute (e.g. eval.evaluators=[detection])")
+    metrics = run_evaluation(model, val_set, evaluators, batch_size=cfg.eval.batch_size or cfg.data.batch_size,
+                             num_workers=cfg.data.num_workers, device=device,
+                             precision=Precision(cfg.train.amp, device))
+    if distributed.info().is_main:
+        out = Path(args.out) if args.out else _default_eval_dir(cfg, args.ckpt)
+        path = write_metrics(out / "metrics.json", metrics, checkpoint=source)
+        for k, v in metrics.items():
+            print(f"{k}: {v}")
+        print(f"metrics written to {path}")
+    return 0
+
+
+def infer(args: argparse.Namespace) -> int:
+    from bevbridge.engine.amp import Precision
+    from bevbridge.engine.evaluation import run_evaluation
+
+    cfg, model, device, source = _load_for_inference(args)
+    out = Path(args.out)
+    exporter = build.build_exporter(cfg, out)
+    _, val_set = build.build_datasets(cfg, train=False)
+    run_evaluation(model, val_set, {"export": exporter}, batch_size=cfg.eval.batch_size or cfg.data.batch_size,
+                   num_workers=cfg.data.num_workers, device=device, precision=Precision(cfg.train.amp, device),
+                   desc="infer")
+    if distributed.info().is_main:
+        print(f"predictions of {source} written to {out}")
+    return 0

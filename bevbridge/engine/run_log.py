@@ -1,0 +1,88 @@
+"""What a run records: TensorBoard scalars, metrics.json per evaluation, a log file. Only rank 0 writes.
+
+TensorBoard tags: ``train/loss`` (the optimised sum), ``train/<entry>`` for every entry of the model's loss dict
+(loss per task, and logged-only values), ``train/lr`` and ``train/lr_<group>``, ``train/grad_norm``,
+``train/samples_per_s`` (global; time inside training steps, data loading included, evaluation and checkpoints
+excluded), ``train/skipped_steps``, ``model/<name>`` for model.scalars() (HUW sigmas, CTAB gates),
+``eval/<evaluator>/<metric>`` for evaluation results. Losses are rank 0's, averaged over the logging window.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from bevbridge.atomic import atomic_write_text
+
+__all__ = ["RunLog", "write_metrics", "add_file_log"]
+
+log = logging.getLogger(__name__)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return _json_safe(value.item())
+        except (ValueError, RuntimeError):
+            pass
+    return value
+
+
+def write_metrics(path: str | os.PathLike, metrics: Mapping[str, Any], **info: Any) -> Path:
+    """Write ``{**info, "metrics": metrics}`` as JSON, atomically."""
+    return atomic_write_text(path, json.dumps(_json_safe({**info, "metrics": dict(metrics)}), indent=1) + "\n")
+
+
+def add_file_log(path: str | os.PathLike) -> logging.Handler:
+    """Also write bevbridge's log lines to ``path`` (appending, so a resumed run keeps its history)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logging.getLogger("bevbridge").addHandler(handler)
+    return handler
+
+
+class RunLog:
+    """TensorBoard scalars under ``<run>/tb``; a no-op on ranks other than 0."""
+
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self._writer = None
+
+    def _tb(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # slow import: only when something is logged
+
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        return self._writer
+
+    def scalars(self, step: int, values: Mapping[str, float], prefix: str = "") -> None:
+        if not self.enabled:
+            return
+        tb = self._tb()
+        for k, v in values.items():
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                continue
+            tb.add_scalar(f"{prefix}{k}", v, global_step=step)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

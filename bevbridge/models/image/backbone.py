@@ -1,0 +1,59 @@
+"""Image backbones from timm, as multi-scale feature extractors.
+
+``ImageBackbone("resnet50", out_indices=(3, 4))`` gives the stride-16 and stride-32 maps with 1024 and 2048
+channels (RCBEVDet: mmdet ResNet out_indices (2, 3) == timm feature indices 3, 4). Images arrive as uint8
+``[B, N, 3, H, W]`` (DESIGN.md) and are normalised here with the backbone's own mean/std, so the data layer never
+needs to know which backbone runs. Pretrained weights load from a local file the user names (nothing downloads).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+__all__ = ["ImageBackbone"]
+
+
+class ImageBackbone(nn.Module):
+    """``forward(images uint8|float [B, N, 3, H, W]) -> list of [B*N, C_i, H/s_i, W/s_i]`` (cameras folded into B).
+
+    Args:
+        name: a timm model name (resnet50, convnext_tiny, ese_vovnet99b, vit_small_patch14_dinov2, ...).
+        out_indices: timm feature indices to return.
+        pretrained_path: optional local checkpoint (timm/torchvision state dict, .pth or .safetensors).
+        frozen: freeze all weights and keep BatchNorm in eval mode (RCBEVDet trains with ``freeze_img=True``).
+    """
+
+    def __init__(self, name: str = "resnet50", out_indices: tuple[int, ...] = (3, 4),
+                 pretrained_path: str | None = None, frozen: bool = False, **timm_kwargs):
+        super().__init__()
+        if pretrained_path is not None and not Path(pretrained_path).is_file():
+            raise FileNotFoundError(f"image backbone weights not found: {pretrained_path} "
+                                    f"(model.image.pretrained_path must name a local file; nothing is downloaded)")
+        overlay = {"file": str(pretrained_path)} if pretrained_path else None
+        self.net = timm.create_model(name, pretrained=pretrained_path is not None, pretrained_cfg_overlay=overlay,
+                                     features_only=True, out_indices=out_indices, **timm_kwargs)
+        self.channels: list[int] = list(self.net.feature_info.channels())
+        self.strides: list[int] = list(self.net.feature_info.reduction())
+        cfg = self.net.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1) * 255,
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1) * 255,
+                             persistent=False)
+        self.frozen = frozen
+        if frozen:
+            self.net.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ImageBackbone:
+        super().train(mode)
+        if self.frozen:
+            self.net.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = images.flatten(0, 1).float()
+        x = (x - self.mean) / self.std
+        return self.net(x)

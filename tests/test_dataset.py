@@ -1,0 +1,214 @@
+"""NuScenesDataset on the synthetic world: shapes, alignment of every target, caches, errors, sensor dropout."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import bevbridge.data.sweeps as sweeps_module
+from bevbridge.data.batch import DETECTION_CLASSES, collate
+from bevbridge.data.bevmap import MapRasterizer, vehicle_mask
+from bevbridge.data.cbgs import CBGSDataset
+from bevbridge.data.nuscenes import NuScenesDataset
+from bevbridge.data.nuscenes_info import InfoCacheError, build_info_cache, load_info_cache
+from bevbridge.data.transforms import BEVAug, ImageAug
+from bevbridge.geometry import BEVGrid, invert_transform, make_transform, rotation_z, transform_points
+from bevbridge.model_config import CTAB_MAP_CLASSES
+
+MAP_GRID = BEVGrid.square(51.2, 0.512)  # CTAB's 200 x 200 target over the features' 102.4 m
+VEHICLES = {DETECTION_CLASSES.index(c) for c in ("car", "truck", "bus", "trailer", "construction_vehicle",
+                                                  "motorcycle", "bicycle")}
+
+
+def make(world, split=None, **kw):
+    opts = dict(image_size=(64, 112), radar_sweeps=3, lidar_sweeps=1)
+    opts.update(kw)
+    return NuScenesDataset(world.dataroot, world.version, split or world.train_split, **opts)
+
+
+def dist_to_boxes(pts: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """BEV distance of each point to the nearest box footprint (0 inside)."""
+    best = np.full(len(pts), np.inf)
+    for b in boxes:
+        T = invert_transform(make_transform(rotation_z(np.array(b[6])), b[:3]))
+        local = pts[:, :3] @ T[:3, :3].T + T[:3, 3]
+        outside = np.maximum(np.abs(local[:, :2]) - b[3:5] / 2, 0)
+        best = np.minimum(best, np.linalg.norm(outside, axis=1))
+    return best
+
+
+def test_sample_shapes_and_dtypes(synth_world):
+    ds = make(synth_world, num_past_frames=2, map_grid=MAP_GRID, map_classes=CTAB_MAP_CLASSES,
+              captions=f"{synth_world.version}/final_caption_bbox_token.json")
+    s = ds[1]
+    assert s.images.shape == (6, 3, 64, 112) and s.images.dtype == torch.uint8
+    assert s.K.shape == (6, 3, 3) and s.sensor2ego.shape == (6, 4, 4) and s.ida.shape == (6, 3, 3)
+    assert s.cam_mask.all() and s.bda.shape == (4, 4) and s.ego2global.dtype == torch.float64
+    assert s.radar.shape[1] == 7 and s.radar.dtype == torch.float32 and s.lidar.shape[1] == 5
+    n = len(s.gt_boxes)
+    assert s.gt_boxes.shape == (n, 9) and s.gt_labels.shape == (n,) and len(s.gt_instance_tokens) == n
+    assert s.gt_masks.shape == (7, 200, 200) and s.gt_masks.dtype == torch.uint8 and s.mask_classes == CTAB_MAP_CLASSES
+    assert len(s.captions) == n and all(isinstance(c, str) and c for c in s.captions)
+    assert s.past.images.shape == (2, 6, 3, 64, 112) and s.past.ego2key.shape == (2, 4, 4)
+    # the first keyframe of a scene has no past: the frame is repeated and marked invalid
+    first = ds[0]
+    assert not first.past.valid.any()
+    assert s.past.valid[0] and not torch.allclose(s.past.ego2key[0], torch.eye(4), atol=1e-3)  # the ego moved
+
+
+def test_vehicle_mask_covers_every_vehicle_box_centre(synth_world):
+    ds = make(synth_world, map_grid=MAP_GRID, map_classes=CTAB_MAP_CLASSES, bev_aug=BEVAug(), train=True)
+    vi = CTAB_MAP_CLASSES.index("vehicle")
+    checked = 0
+    for i in range(len(ds)):
+        s = ds[i]
+        sel = torch.tensor([int(l) in VEHICLES for l in s.gt_labels], dtype=torch.bool)
+        ix, iy, ok = MAP_GRID.xy_to_index(s.gt_boxes[sel, :2].double())
+        assert s.gt_masks[vi, iy[ok], ix[ok]].all()
+        checked += int(ok.sum())
+    assert checked > 20
+
+
+def test_map_mask_rotation_and_axes_against_a_known_polygon(synth_world, tmp_path):
+    """An L-shaped walkway at known global coordinates, seen from a pose yawed by 30 degrees: the devkit's mask (with
+    our half-cell alignment) must equal our own rasterisation of the polygon in the ego frame."""
+    loc = "boston-seaport"
+    m = json.loads((synth_world.dataroot / "maps" / "expansion" / f"{loc}.json").read_text())
+    L = [(0, 0), (12, 0), (12, 4), (4, 4), (4, 10), (0, 10)]  # metres, around a global origin
+    gx, gy = 1000.0, 500.0
+    m["node"] += [{"token": f"n{i}", "x": gx + x, "y": gy + y} for i, (x, y) in enumerate(L)]
+    m["polygon"].append({"token": "pL", "exterior_node_tokens": [f"n{i}" for i in range(len(L))], "holes": []})
+    m["walkway"] = [{"token": "wL", "polygon_token": "pL"}]
+    (tmp_path / "maps" / "expansion").mkdir(parents=True)
+    (tmp_path / "maps" / "expansion" / f"{loc}.json").write_text(json.dumps(m))
+    grid = BEVGrid(-8.0, 24.0, -12.0, 12.0, 0.25)
+    yaw = math.radians(30)
+    pose = make_transform(rotation_z(np.array(yaw)), np.array([gx - 3.0, gy + 1.0, 0.0]))
+    got = MapRasterizer(tmp_path, grid, ("walkway",)).masks(loc, pose)[0]
+
+    corners = transform_points(invert_transform(pose), np.array([[gx + x, gy + y, 0.0] for x, y in L]))
+    import cv2
+
+    want = np.zeros(grid.shape, np.uint8)
+    cv2.fillPoly(want, [np.round(grid.xy_to_cell(corners[:, :2]) * 256).astype(np.int32)], 1, shift=8)
+    inter, union = (got & want).sum(), (got | want).sum()
+    assert union > 500 and inter / union > 0.97, inter / union
+    # a point in the polygon's long arm, and one in the notch of the L, by hand in the ego frame
+    inside = transform_points(invert_transform(pose), np.array([[gx + 10.0, gy + 2.0, 0.0]]))[0]
+    notch = transform_points(invert_transform(pose), np.array([[gx + 8.0, gy + 7.0, 0.0]]))[0]
+    for p, expected in ((inside, 1), (notch, 0)):
+        ix, iy, _ = grid.xy_to_index(p[None, :2])
+        assert got[iy[0], ix[0]] == expected
+
+
+def test_radar_sweeps_are_ego_motion_compensated(synth_world, monkeypatch):
+    """Points of older radar sweeps land on the boxes in the key frame; without ego-motion compensation they don't."""
+    def on_box_fraction():
+        ds = make(synth_world, radar_sweeps=7, lidar_sweeps=0, min_points=0)
+        fr = []
+        for i in range(len(ds)):
+            s = ds[i]
+            p = s.radar.numpy()
+            old = p[:, 6] >= 0.2  # dt: sweeps at least 0.2 s older than the keyframe
+            fr.append((dist_to_boxes(p[old], s.gt_boxes.numpy().astype(np.float64)) < 0.3).mean())
+        return float(np.mean(fr))
+
+    good = on_box_fraction()
+    monkeypatch.setattr(sweeps_module, "_key_from_sensor", lambda rec, g2k: np.asarray(rec["sensor2ego"]))
+    bad = on_box_fraction()
+    assert good > 0.7 and bad < good - 0.25, (good, bad)
+
+
+def test_augmented_sample_stays_aligned(synth_world):
+    plain = make(synth_world, min_points=0)
+    aug = make(synth_world, min_points=0, bev_aug=BEVAug(), image_aug=ImageAug((64, 112)), train=True, seed=3)
+    for i in (0, 2):
+        s0, s1 = plain[i], aug[i]
+        bda = s1.bda.double().numpy()
+        assert not np.allclose(bda, np.eye(4))
+        # radar points keep their distance to the boxes (both moved by the same bda)
+        d0 = dist_to_boxes(s0.radar.numpy(), s0.gt_boxes.numpy().astype(np.float64))
+        d1 = dist_to_boxes(s1.radar.numpy(), s1.gt_boxes.numpy().astype(np.float64))
+        scale = abs(np.linalg.det(bda[:2, :2])) ** 0.5
+        assert np.allclose(d1, d0 * scale, atol=1e-3)
+        # the image augmentation is in ida: projecting a box centre with ida lands on the same object pixel colour
+        assert not torch.allclose(s1.ida, s0.ida)
+
+
+def test_info_cache_schema_version_and_sweeps_are_checked(synth_world, tmp_path):
+    path = build_info_cache(synth_world.dataroot, synth_world.version, tmp_path / "infos.json.gz", radar_sweeps=4,
+                            lidar_sweeps=2, workers=2)
+    payload = load_info_cache(path, synth_world.version, 4, 2)
+    assert all(not s["lidar"]["filename"].startswith("/") for s in payload["samples"])  # relative paths only
+    with pytest.raises(InfoCacheError, match="v1.0-trainval.*rebuild"):
+        load_info_cache(path, "v1.0-trainval")
+    with pytest.raises(InfoCacheError, match="holds 4 radar_sweeps, 8 were asked"):
+        load_info_cache(path, synth_world.version, radar_sweeps=8)
+    bad = dict(payload, schema=0)
+    with gzip.open(tmp_path / "old.json.gz", "wt") as f:
+        json.dump(bad, f)
+    with pytest.raises(InfoCacheError, match="schema 0.*reads schema 1.*rebuild"):
+        load_info_cache(tmp_path / "old.json.gz", synth_world.version)
+
+
+def test_dataloader_with_two_workers_and_cbgs(synth_world):
+    ds = make(synth_world, map_grid=MAP_GRID, map_classes=("drivable_area", "vehicle"))
+    loader = DataLoader(CBGSDataset(ds, len(DETECTION_CLASSES)), batch_size=2, num_workers=2, collate_fn=collate)
+    batches = [b for _, b in zip(range(2), loader)]
+    assert batches[1].images.shape == (2, 6, 3, 64, 112) and batches[1].radar_mask.shape[0] == 2
+    assert batches[0].gt_masks.shape == (2, 2, 200, 200)
+
+
+def test_sensor_dropout(synth_world):
+    ds = make(synth_world, drop_cameras=("CAM_BACK",), drop_radar=True, drop_lidar=True)
+    s = ds[0]
+    assert s.cam_mask.tolist() == [c != "CAM_BACK" for c in s.cam_names]
+    assert s.radar is None and s.lidar is None
+    assert collate([s, ds[1]]).radar is None
+
+
+def test_clear_errors(synth_world, tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataroot does not exist"):
+        NuScenesDataset(tmp_path / "nope", "v1.0-mini", "mini_val", cache_path=tmp_path / "c.json.gz")
+    with pytest.raises(FileNotFoundError, match=r"version folder missing.*versions present.*v1.0-mini"):
+        NuScenesDataset(synth_world.dataroot, "v1.0-trainval", "val", cache_path=tmp_path / "c.json.gz")
+    with pytest.raises(ValueError, match="unknown split 'nope'"):
+        make(synth_world, split="nope")
+    # a copy of the world without its map expansion, and with one radar sweep deleted
+    root = tmp_path / "copy"
+    shutil.copytree(synth_world.dataroot, root)
+    shutil.rmtree(root / "maps" / "expansion")
+    ds = NuScenesDataset(root, synth_world.version, synth_world.train_split, image_size=(64, 112), radar_sweeps=3,
+                         map_grid=MAP_GRID, map_classes=("walkway",))
+    with pytest.raises(FileNotFoundError, match=r"map expansion missing.*nuScenes-map-expansion-v1.3"):
+        ds[0]
+    victim = root / ds.samples[0]["radars"]["RADAR_FRONT"][1]["filename"]
+    victim.unlink()
+    ds2 = NuScenesDataset(root, synth_world.version, synth_world.train_split, image_size=(64, 112), radar_sweeps=3)
+    with pytest.raises(FileNotFoundError, match=f"radar sweep.*{victim.name}"):
+        ds2[0]
+
+
+def test_radar_velocities_are_rotated_into_the_key_frame(synth_world):
+    """A return on a moving box carries the box's velocity projected on the line of sight (radial), in ego axes."""
+    ds = make(synth_world, radar_sweeps=1, lidar_sweeps=0, min_points=0)
+    errors = []
+    for i in range(len(ds)):
+        s = ds[i]
+        p = s.radar.numpy()
+        for b in s.gt_boxes.numpy().astype(np.float64):
+            if np.hypot(*b[7:9]) < 1.0:
+                continue
+            on = dist_to_boxes(p, b[None]) < 0.3
+            u = p[on, :2] / np.linalg.norm(p[on, :2], axis=1, keepdims=True)  # line of sight from the ego (approx.)
+            radial = (u @ b[7:9])[:, None] * u
+            errors += list(np.linalg.norm(p[on, 3:5] - radial, axis=1))
+    errors = np.asarray(errors)
+    assert len(errors) > 50 and (errors < 0.5).mean() > 0.6, ((errors < 0.5).mean(), len(errors))

@@ -1,0 +1,129 @@
+"""Checkpoints: safetensors + weights-only state, atomic under a kill, last-k + best, init_from with a prefix map."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from bevbridge.engine import checkpoint as ckpt_mod
+from bevbridge.engine.checkpoint import CheckpointManager, checkpoint_dir_of, load_pretrained, read_state, read_weights
+from tests.engine_tiny import TinyModel
+
+
+def _state(step):
+    return {"step": step, "optimizer": {"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": [{"lr": 1e-3,
+            "betas": (0.9, 0.99), "name": "decay"}]}, "rng": [{"torch": torch.get_rng_state()}], "best": {}}
+
+
+def test_save_load_weights_only(tmp_path):
+    m = TinyModel()
+    mgr = CheckpointManager(tmp_path / "checkpoints", keep_last=2)
+    d = mgr.save(5, m.state_dict(), _state(5), ema_state=m.state_dict())
+    assert d.name == "step_00000005" and mgr.latest() == d
+    state = read_state(d)  # torch.load(weights_only=True) inside
+    assert state["step"] == 5 and state["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.99)
+    w, src = read_weights(d)
+    assert src.endswith("model.safetensors") and all(torch.equal(w[k], v) for k, v in m.state_dict().items())
+    assert read_weights(d, prefer_ema=True)[1].endswith("ema.safetensors")
+    assert checkpoint_dir_of(tmp_path) == d  # a run folder resolves to its latest checkpoint
+    assert checkpoint_dir_of(d / "model.safetensors") == d
+
+
+def test_a_kill_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    m = TinyModel()
+    mgr = CheckpointManager(tmp_path, keep_last=3)
+    good = mgr.save(1, m.state_dict(), _state(1))
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # as if the process died while writing state.pt
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        mgr.save(2, m.state_dict(), _state(2))
+    assert mgr.latest() == good and not (tmp_path / "step_00000002").exists()
+    assert read_state(good)["step"] == 1
+    # a real kill leaves the temporary folder behind: it never counts as a checkpoint and the next save removes it
+    (tmp_path / ".step_00000002.tmpxyz").mkdir()
+    (tmp_path / ".step_00000002.tmpxyz" / "model.safetensors").write_bytes(b"half")
+    assert mgr.all() == [good]
+    monkeypatch.undo()
+    mgr.save(3, m.state_dict(), _state(3))
+    assert not list(tmp_path.glob(".step_*")) and [p.name for p in mgr.all()] == ["step_00000001", "step_00000003"]
+
+
+def test_keep_last_k_and_best(tmp_path):
+    m = TinyModel()
+    mgr = CheckpointManager(tmp_path, keep_last=2)
+    mgr.save(1, m.state_dict(), _state(1))
+    mgr.set_best(1, "tiny/mse", 0.5)
+    for step in (2, 3, 4):
+        mgr.save(step, m.state_dict(), _state(step))
+    assert [p.name for p in mgr.all()] == ["step_00000001", "step_00000003", "step_00000004"]
+    assert mgr.best()["checkpoint"] == "step_00000001"
+
+
+def test_init_from_with_prefix_map_reports_missing_and_unexpected(tmp_path, caplog):
+    src = TinyModel(hidden=16)
+    # a "pretrained" file with other names: backbone.* for img_backbone.*, an extra key, and a head of another shape
+    state = {k.replace("img_backbone.", "backbone."): v for k, v in src.state_dict().items() if not k.startswith("head")}
+    state["extra.weight"] = torch.zeros(2)
+    state["head.weight"] = torch.zeros(3, 16)
+    save_file(state, tmp_path / "pre.safetensors")
+    dst = TinyModel(hidden=16)
+    with caplog.at_level(logging.INFO):
+        rep = load_pretrained(dst, tmp_path / "pre.safetensors", {"backbone.": "img_backbone."})
+    assert torch.equal(dst.img_backbone.weight, src.img_backbone.weight)
+    assert rep.unexpected == ["extra.weight"]
+    assert rep.missing == ["head.bias"] and rep.mismatched[0].startswith("head.weight (file (3, 16)")
+    assert "img_backbone.weight" in rep.loaded and "missing keys: head.bias" in caplog.text
+    assert "unexpected keys: extra.weight" in caplog.text
+
+
+def test_init_from_a_torch_state_dict_file(tmp_path):
+    src = TinyModel()
+    torch.save({"state_dict": src.state_dict(), "meta": {"epoch": 12}}, tmp_path / "mmcv.pth")  # mmcv layout
+    dst = TinyModel()
+    rep = load_pretrained(dst, tmp_path / "mmcv.pth")
+    assert not rep.missing and not rep.unexpected and torch.equal(dst.head.weight, src.head.weight)
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pth: not a safetensors file"):
+        read_weights(tmp_path / "junk.pth")
+
+
+_SAVER = r"""
+import sys, torch
+from bevbridge.engine.checkpoint import CheckpointManager
+mgr = CheckpointManager(sys.argv[1], keep_last=2)
+print("ready", flush=True)
+for step in range(1, 10_000):
+    w = {"w": torch.full((512, 1024), float(step))}  # 2 MB per file
+    mgr.save(step, w, {"step": step, "opt": torch.full((512, 1024), float(step))}, ema_state=w)
+"""
+
+
+def test_sigkill_at_any_moment_leaves_usable_checkpoints(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    for delay in (0.3, 0.7):
+        root = tmp_path / f"kill{delay}"
+        p = subprocess.Popen([sys.executable, "-c", _SAVER, str(root)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(repo)})
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        ckpts = CheckpointManager(root).all()
+        assert ckpts, "no checkpoint was completed before the kill"
+        for d in ckpts:  # every checkpoint under a real name is complete and consistent
+            step = int(d.name.split("_")[1])
+            assert read_state(d)["step"] == step and read_weights(d)[0]["w"][0, 0] == step
+            assert read_weights(d, prefer_ema=True)[0]["w"][-1, -1] == step

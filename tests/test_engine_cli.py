@@ -1,0 +1,136 @@
+"""`bevbridge train | eval | infer` end to end in-process, with the tiny model standing in for build_model, and the
+default-dataroot rule (generate data/synth when missing) with a stand-in synthetic-world writer."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from bevbridge import cli
+from bevbridge.engine import build
+from bevbridge.experiment import DataConfig
+from tests.engine_tiny import MSEEvaluator, TinyDataset, build_tiny
+
+
+@pytest.fixture
+def tiny_build(monkeypatch):
+    monkeypatch.setattr(build, "build_model", lambda cfg: build_tiny(cfg.train.seed))
+    monkeypatch.setattr(build, "build_datasets", lambda cfg, train=True: (TinyDataset(10), TinyDataset(5, start=100)))
+    monkeypatch.setattr(build, "build_evaluators", lambda cfg: {"tiny": MSEEvaluator()})
+
+
+@pytest.fixture
+def config(tmp_path):
+    p = tmp_path / "tiny.yaml"
+    p.write_text("name: tiny\ndata: {batch_size: 2, num_workers: 0}\nschedule: {warmup_steps: 1}\n"
+                 "train: {max_steps: 6, device: cpu, log_every: 2, ckpt_every: 2, keep_last: 2}\n")
+    return p
+
+
+def test_train_resume_eval(tiny_build, config, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", str(config), "optim.lr=1e-3", "--out", str(run), "--max-steps", "2"]) == 0
+    assert "trained to step 2/6" in capsys.readouterr().out
+    assert (run / "train.log").is_file() and "checkpoint" in (run / "train.log").read_text()
+    assert cli.main(["train", str(config), "optim.lr=1e-3", "--out", str(run)]) == 1  # exists, no --resume
+    assert "pass --resume" in capsys.readouterr().err
+    assert cli.main(["train", str(config), "optim.lr=1e-3", "--out", str(run), "--resume"]) == 0
+    assert "trained to step 6/6" in capsys.readouterr().out
+    assert [p.name for p in sorted((run / "checkpoints").glob("step_*"))] == ["step_00000004", "step_00000006"]
+    assert (run / "eval" / "step_00000006" / "metrics.json").is_file()  # the end-of-training evaluation
+    assert cli.main(["eval", str(config), "--ckpt", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "tiny/mse" in out
+    metrics = json.loads((run / "eval" / "step_00000006" / "metrics.json").read_text())
+    assert metrics["checkpoint"].endswith("step_00000006/model.safetensors") and metrics["metrics"]["tiny/count"] == 5
+
+
+def test_resume_with_an_override_after_it_is_explained(tiny_build, config, capsys):
+    assert cli.main(["train", str(config), "--resume", "optim.lr=1e-3"]) == 2
+    assert "put key=value overrides before --resume" in capsys.readouterr().err
+
+
+def test_infer_without_the_exporter_is_honest(tiny_build, config, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", str(config), "--out", str(run), "--max-steps", "1"]) == 0
+    code = cli.main(["infer", str(config), "--ckpt", str(run), "--out", str(tmp_path / "results.json")])
+    err = capsys.readouterr().err
+    assert code == 3 and re.search(r"exporter .*not (built|written) yet", err), err
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_eval_rejects_weights_of_another_model(tiny_build, config, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    save_file({"other.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
+    assert cli.main(["eval", str(config), "--ckpt", str(tmp_path / "other.safetensors")]) == 2
+    assert "the weights do not fit this model" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- default dataroot: data/synth
+@pytest.fixture
+def fake_synth(monkeypatch):
+    calls = []
+    mod = types.ModuleType("bevbridge.data.synth")
+
+    def is_complete(root, *, version="v1.0-mini"):  # keywords, as bevbridge.data.synth.is_complete
+        return (root / version / "done").is_file()
+
+    def generate(out, *, version="v1.0-mini"):
+        calls.append((str(out), version))
+        (out / version).mkdir(parents=True)
+        (out / version / "done").write_text("")
+
+    mod.is_complete, mod.generate = is_complete, generate
+    monkeypatch.setitem(sys.modules, "bevbridge.data.synth", mod)
+    return calls
+
+
+def test_default_dataroot_is_generated_once(fake_synth, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    cfg = DataConfig()
+    assert cfg.dataroot == "data/synth"
+    assert build.ensure_dataset(cfg) == Path("data/synth")
+    assert fake_synth == [("data/synth", "v1.0-mini")]
+    assert "generating the synthetic nuScenes-format world in data/synth" in caplog.text
+    build.ensure_dataset(cfg)
+    assert len(fake_synth) == 1  # complete: not generated again
+
+
+def test_a_named_dataroot_is_never_generated(fake_synth, tmp_path):
+    with pytest.raises(build.BuildError, match="data.dataroot '.*nuscenes' does not exist"):
+        build.ensure_dataset(DataConfig(dataroot=str(tmp_path / "nuscenes")))
+    assert fake_synth == []
+
+
+def test_missing_synth_writer_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "bevbridge.data.synth", None)  # import fails as if the module did not exist
+    with pytest.raises(build.BuildError, match=r"synthetic world writer is not built yet \(bevbridge.data.synth"):
+        build.ensure_dataset(DataConfig())
+
+
+def test_model_init_from_config_key(tmp_path, caplog):
+    from safetensors.torch import save_file
+
+    from bevbridge.config import load_config
+
+    src = build_tiny(seed=1)
+    save_file({k.replace("img_backbone.", "trunk."): v for k, v in src.state_dict().items()}, tmp_path / "p.safetensors")
+    (tmp_path / "c.yaml").write_text("name: x\n")
+    cfg = load_config(tmp_path / "c.yaml", [f"model.init_from={tmp_path / 'p.safetensors'}",
+                                            "model.init_prefix_map={trunk.: img_backbone.}"])
+    assert cfg.model.init_prefix_map == {"trunk.": "img_backbone."}
+    dst = build_tiny(seed=2)
+    build.load_init_weights(dst, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    assert "loaded 7 of 7 model tensors; 0 missing, 0 unexpected" in caplog.text
+    bad = load_config(tmp_path / "c.yaml", [f"model.init_from={tmp_path / 'nope.safetensors'}"])
+    with pytest.raises(build.BuildError, match="model.init_from: weights not found: .*nope.safetensors"):
+        build.load_init_weights(dst, bad)
