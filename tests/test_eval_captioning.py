@@ -70,7 +70,8 @@ def _monte_carlo_iou(a: np.ndarray, b: np.ndarray, n: int = 400_000, seed: int =
 def test_rotated_iou_matches_monte_carlo_and_is_rigid_invariant(seed):
     rng = np.random.default_rng(seed)
     a = np.array(_box(0, 0, 0, *rng.uniform(1, 5, 3), rng.uniform(-math.pi, math.pi)))
-    b = np.array(_box(*rng.uniform(-2, 2, 2), rng.uniform(-1, 1), *rng.uniform(1, 5, 3), rng.uniform(-math.pi, math.pi)))
+    b = np.array(_box(*rng.uniform(-2, 2, 2), rng.uniform(-1, 1), *rng.uniform(1, 5, 3),
+                      rng.uniform(-math.pi, math.pi)))
     iou = rotated_iou_3d(a[None], b[None])[0, 0]
     assert iou == pytest.approx(_monte_carlo_iou(a, b), abs=0.01)
     assert rotated_iou_3d(b[None], a[None])[0, 0] == pytest.approx(iou)

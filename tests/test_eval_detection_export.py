@@ -45,8 +45,8 @@ def test_export_round_trip(seed, n):
     rng = np.random.default_rng(seed)
     T, boxes = _pose(rng), _boxes(rng, n)
     scores, labels = rng.random(n), rng.integers(0, 10, n)
-    records = boxes_to_devkit("tok", torch.from_numpy(boxes).float(), torch.from_numpy(scores), torch.from_numpy(labels),
-                              torch.from_numpy(T))
+    records = boxes_to_devkit("tok", torch.from_numpy(boxes).float(), torch.from_numpy(scores),
+                              torch.from_numpy(labels), torch.from_numpy(T))
     assert len(records) == n
     back = devkit_to_boxes(records, T)
     order = np.argsort(-scores, kind="stable")
