@@ -88,6 +88,26 @@ def _engine(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _cmd_eval_detections(args: argparse.Namespace) -> int:
+    import json
+    import math
+
+    from bevbridge.atomic import atomic_write_text
+    from bevbridge.eval.detection import evaluate_detections, format_detection_summary
+
+    try:
+        metrics = evaluate_detections(args.results, args.dataroot, args.version, args.split,
+                                      verbose=getattr(args, "verbose", False))
+    except (FileNotFoundError, ValueError) as e:
+        raise CommandError(f"bevbridge eval-detections: {e}") from e
+    if args.out:
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+        atomic_write_text(args.out, json.dumps(clean, indent=2) + "\n")
+        log.info("metrics written to %s", args.out)
+    print(format_detection_summary(metrics))
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML (configs/...)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -145,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--ckpt", required=True, metavar="PATH", help="checkpoint folder, run folder or .safetensors")
     p.add_argument("--out", required=True, metavar="RESULTS_JSON", help="the devkit results JSON to write")
+
+    p = add("eval-detections", "evaluate a nuScenes detection results JSON with the official devkit metrics",
+            _cmd_eval_detections)
+    p.add_argument("--dataroot", required=True, help="nuScenes root folder (holds VERSION/ and maps/)")
+    p.add_argument("--version", required=True, help="e.g. v1.0-trainval, v1.0-mini")
+    p.add_argument("--split", required=True,
+                   help="a predefined split (val, mini_val, ...) or one named in DATAROOT/VERSION/splits.json")
+    p.add_argument("--results", required=True, help="results JSON (devkit format, global frame)")
+    p.add_argument("--out", help="also write the metrics as JSON here")
 
     add("viz", "render BEV and camera views of data or predictions", _not_built("viz", "issue #7, the CTAB demo"))
     add("bench", "run the benchmarks (benchmarks/bench_*.py) and print their tables",
