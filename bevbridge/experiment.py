@@ -12,13 +12,38 @@ from typing import Literal
 from bevbridge.model_config import CTABModelConfig, ModelConfig
 
 __all__ = [
-    "DataConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "EvalConfig", "ModelConfig", "ExperimentConfig",
+    "ImageAugConfig", "BEVAugConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "EvalConfig", "ModelConfig", "ExperimentConfig",
 ]
 
 
 @dataclass
+class ImageAugConfig:
+    """Training-time image augmentation (bevbridge/data/transforms.py; RCBEVDet's ranges by default)."""
+
+    resize_range: tuple[float, float] = (-0.06, 0.11)  # added to the base scale (network width / image width)
+    rot_range: tuple[float, float] = (-5.4, 5.4)  # degrees
+    flip: bool = True
+    crop_h_range: tuple[float, float] = (0.0, 0.0)
+
+
+@dataclass
+class BEVAugConfig:
+    """Training-time BEV augmentation applied to points, boxes and masks alike (CTAB: ±22.5°, 0.95-1.05, flips)."""
+
+    rot_range: tuple[float, float] = (-22.5, 22.5)  # degrees
+    scale_range: tuple[float, float] = (0.95, 1.05)
+    flip_x_prob: float = 0.5
+    flip_y_prob: float = 0.5
+
+
+@dataclass
 class DataConfig:
-    """Where the nuScenes-format data lies and how it is batched."""
+    """Where the nuScenes-format data lies, what each sample holds and how it is batched.
+
+    The model decides what it needs from the data: past frames (model.depth.num_past_frames), radar features
+    (model.radar.features), the map-target grid and classes (model.seg), the box range (model.grid). The keys
+    below choose the rest; see bevbridge/data/nuscenes.py for each option's meaning.
+    """
 
     dataroot: str = "data/synth"  # the default synthetic world; `bevbridge synth` writes it
     version: str = "v1.0-mini"  # the table folder under dataroot: v1.0-mini, v1.0-trainval, ...
@@ -26,12 +51,28 @@ class DataConfig:
     val_split: str = "mini_val"
     batch_size: int = 1  # per process
     num_workers: int = 2
+    cameras: tuple[str, ...] = ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK",
+                                "CAM_BACK_RIGHT")
+    image_size: tuple[int, int] | None = None  # (H, W) network input; null = the model's image.input_size
+    image_aug: ImageAugConfig | None = field(default_factory=ImageAugConfig)  # training only; null disables
+    bev_aug: BEVAugConfig | None = field(default_factory=BEVAugConfig)  # training only; null disables
+    radar_sweeps: int = 8  # per radar: keyframe + previous sweeps (RCBEVDet: 8)
+    radar_max_points: int | None = 1200  # RCBEVDet keeps at most 1200 radar points per sample
+    lidar_sweeps: int = 1  # LiDAR (keyframe + previous) for depth supervision; 0 disables
+    min_points: int = 1  # GT boxes need this many lidar + radar points (the devkit's evaluation rule)
+    captions: str | None = None  # TOD3Cap JSON (relative to dataroot), e.g. v1.0-mini/final_caption_bbox_token.json
+    cbgs: bool = False  # class-balanced grouping and sampling of the training set
+    drop_cameras: tuple[str, ...] = ()  # sensor dropout for robustness studies
+    drop_radar: bool = False
+    drop_lidar: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.radar_sweeps < 0 or self.lidar_sweeps < 0:
+            raise ValueError("data.radar_sweeps and data.lidar_sweeps must be >= 0")
 
 
 @dataclass
@@ -48,7 +89,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     backbone_lr_mult: float = 1.0  # lr multiplier for image-backbone parameters (BEVFormer: 0.1)
     grad_clip: float | None = 35.0  # max global grad norm; null disables clipping
-    backbone_prefixes: tuple[str, ...] = ("img_backbone.",)  # parameter-name prefixes that backbone_lr_mult applies to
+    backbone_prefixes: tuple[str, ...] = ("image_backbone.",)  # parameter-name prefixes that backbone_lr_mult applies to
     decay_1d_params: bool = False  # weight decay on 1-D params (biases, norm scales, scalar gates); mmcv's AdamW: true
     base_batch: int | None = None  # global batch that `lr` was tuned for; set -> linear lr scaling; null -> lr as is
     eps: float = 1e-8

@@ -54,7 +54,9 @@ class NuScenesDataset(Dataset):
         captions: path of a TOD3Cap-format caption JSON (relative to dataroot or absolute), or None.
         drop_cameras: camera names to mark missing (``cam_mask`` False); drop_radar / drop_lidar: make it None.
         cache_path: where the info cache lives (default: ``nuscenes_info.default_cache_path``); built if missing.
-        seed: base seed of the per-sample augmentation RNG (combined with the index and the epoch).
+        seed: base seed of the per-sample augmentation RNG (combined with the index and the epoch); None draws
+            the augmentation from numpy's global RNG instead, which the training engine seeds per (seed, epoch,
+            index) before loading each sample (engine/loader.py), so augmentation is reproducible there too.
     """
 
     def __init__(self, dataroot: str | Path, version: str, split: str, *, cameras: Sequence[str] = CAMERAS,
@@ -67,7 +69,7 @@ class NuScenesDataset(Dataset):
                  map_grid: BEVGrid | None = None, map_classes: Sequence[str] = (),
                  box_range: tuple[float, float, float, float] | None = None, min_points: int = 1,
                  captions: str | Path | None = None, drop_cameras: Sequence[str] = (), drop_radar: bool = False,
-                 drop_lidar: bool = False, cache_path: str | Path | None = None, seed: int = 0):
+                 drop_lidar: bool = False, cache_path: str | Path | None = None, seed: int | None = 0):
         self.dataroot = Path(dataroot)
         self.version, self.split = version, split
         unknown = [c for c in (*cameras, *drop_cameras) if c not in CAMERAS]
@@ -148,7 +150,10 @@ class NuScenesDataset(Dataset):
     # ----------------------------------------------------------------------------------------------- loading
     def __getitem__(self, idx: int) -> Sample:
         info = self.samples[idx]
-        rng = np.random.default_rng([self.seed, self.epoch, idx]) if self.train else None
+        rng = None
+        if self.train:
+            key = [self.seed, self.epoch, idx] if self.seed is not None else np.random.randint(0, 2**31, size=2)
+            rng = np.random.default_rng(key)
         ego2global = np.asarray(info["lidar"]["ego2global"], np.float64)
         global2key = invert_transform(ego2global)
         bda = sample_bda(self.bev_aug, rng)

@@ -42,10 +42,13 @@ def build_model(cfg: ExperimentConfig) -> nn.Module:
     m = cfg.model
     kind = getattr(m, "kind", None)
     if m is None or kind is None:
-        raise BuildError("the config has no model section with a `kind`; no model kinds are built yet "
-                         "(CTAB lands with issue #7)", code=3)
+        raise BuildError("the config has no model section with a `kind` (e.g. model: {kind: ctab}); see configs/",
+                         code=3)
     seed_everything(cfg.train.seed)
-    # One branch per model kind, e.g.:  if kind == "ctab": model = CTAB(m)
+    if kind == "ctab":
+        from bevbridge.models.detectors.ctab import CTABDetector
+
+        return CTABDetector(m)
     raise BuildError(f"model.kind {kind!r} is not known to bevbridge/engine/build.py")  # pragma: no cover
 
 
@@ -81,27 +84,74 @@ def ensure_dataset(data: DataConfig) -> Path:
     return root
 
 
+def _dataset_options(cfg: ExperimentConfig, train: bool) -> dict[str, Any]:
+    """NuScenesDataset options: the data section, plus what the model decides (frames, radar, targets, range)."""
+    from bevbridge.data.transforms import BEVAug, ImageAug
+    from bevbridge.geometry import BEVGrid
+
+    d, m = cfg.data, cfg.model
+    image_size = tuple(d.image_size or m.image.input_size)
+    g = m.grid
+    opts: dict[str, Any] = dict(
+        cameras=d.cameras, image_size=image_size, train=train, num_past_frames=m.depth.num_past_frames,
+        radar_sweeps=d.radar_sweeps if m.radar.enabled else 0, radar_features=m.radar.features,
+        radar_max_points=d.radar_max_points, lidar_sweeps=d.lidar_sweeps if m.depth.loss_weight > 0 else 0,
+        box_range=(g.xmin, g.ymin, g.xmax, g.ymax), min_points=d.min_points, captions=d.captions,
+        drop_cameras=d.drop_cameras, drop_radar=d.drop_radar, drop_lidar=d.drop_lidar,
+        seed=None,  # augmentation from the engine's per-(seed, epoch, index) RNG
+    )
+    if m.seg is not None:
+        opts["map_grid"] = BEVGrid(g.xmin, g.xmax, g.ymin, g.ymax, (g.xmax - g.xmin) / m.seg.out_size)
+        opts["map_classes"] = m.seg.classes
+    if train and d.image_aug is not None:
+        a = d.image_aug
+        opts["image_aug"] = ImageAug(image_size, a.resize_range, a.rot_range, a.flip, a.crop_h_range)
+    if train and d.bev_aug is not None:
+        b = d.bev_aug
+        opts["bev_aug"] = BEVAug(b.rot_range, b.scale_range, b.flip_x_prob, b.flip_y_prob)
+    return opts
+
+
 def build_datasets(cfg: ExperimentConfig, train: bool = True) -> tuple[Dataset | None, Dataset]:
     """(train set or None, validation set) from the data section; the data root is ensured first."""
-    ensure_dataset(cfg.data)
-    _import("bevbridge.data.nuscenes", "the nuScenes dataset layer", "issue #4")
-    raise BuildError("the dataset glue (data section -> NuScenesDataset options) is not written yet (issue #7)",
-                     code=3)
+    root = ensure_dataset(cfg.data)
+    if cfg.model is None:
+        raise BuildError("the dataset options depend on the model: the config has no model section", code=3)
+    from bevbridge.data.batch import DETECTION_CLASSES
+    from bevbridge.data.cbgs import CBGSDataset
+    from bevbridge.data.nuscenes import NuScenesDataset
+
+    d = cfg.data
+    try:
+        val_set = NuScenesDataset(root, d.version, d.val_split, **_dataset_options(cfg, train=False))
+        train_set = None
+        if train:
+            train_set = NuScenesDataset(root, d.version, d.train_split, **_dataset_options(cfg, train=True))
+            if d.cbgs:
+                train_set = CBGSDataset(train_set, len(DETECTION_CLASSES), seed=cfg.train.seed)
+    except (FileNotFoundError, ValueError) as e:
+        raise BuildError(f"data: {e}") from None
+    return train_set, val_set
 
 
-def build_evaluators(cfg: ExperimentConfig) -> dict[str, Evaluator]:
+def build_evaluators(cfg: ExperimentConfig, out_dir: Path | None = None) -> dict[str, Evaluator]:
     """The evaluators listed in ``eval.evaluators``, keyed by name (metrics are logged as ``<name>/<metric>``)."""
+    from bevbridge.engine.evaluators import DetectionEvaluator, SegmentationEvaluator
+
     out: dict[str, Evaluator] = {}
     for name in cfg.eval.evaluators:
         if name == "detection":
-            _import("bevbridge.eval.detection", "the detection evaluator", "issue #5")
+            out[name] = DetectionEvaluator(cfg.data.dataroot, cfg.data.version, cfg.data.val_split, out_dir)
         elif name == "segmentation":
-            _import("bevbridge.eval.segmentation", "the segmentation evaluator", "issue #5")
-        raise BuildError(f"eval.evaluators: the engine adapter for {name!r} is not written yet (issue #7)", code=3)
+            if cfg.model is None or cfg.model.seg is None:
+                raise BuildError("eval.evaluators has 'segmentation' but the model has no segmentation branch "
+                                 "(model.seg)")
+            out[name] = SegmentationEvaluator(tuple(cfg.model.seg.classes))
     return out
 
 
 def build_exporter(cfg: ExperimentConfig, out: Path) -> Evaluator:
     """An evaluator whose ``compute()`` writes the devkit detection results JSON to ``out``."""
-    _import("bevbridge.eval.detection", "the devkit detection exporter", "issue #5")
-    raise BuildError("the engine adapter for the detection exporter is not written yet (issue #7)", code=3)
+    from bevbridge.engine.evaluators import DetectionExporter
+
+    return DetectionExporter(cfg.data.dataroot, cfg.data.version, cfg.data.val_split, out)

@@ -258,8 +258,10 @@ class Trainer:
             write_metrics(self.run_dir / "eval" / f"step_{self.step:08d}" / "metrics.json", metrics,
                           step=self.step, ema=bool(use_ema and self.ema is not None))
             self.run_log.scalars(self.step, metrics, prefix="eval/")
-            log.info("eval at step %d: %s", self.step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                                                                if isinstance(v, (int, float))))
+            headline = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k.count("/") == 1}
+            log.info("eval at step %d: %s (all metrics in %s)", self.step,
+                     ", ".join(f"{k} {v:.4g}" for k, v in headline.items()),
+                     self.run_dir / "eval" / f"step_{self.step:08d}" / "metrics.json")
         return metrics
 
     def _improved(self, metrics: Mapping[str, Any]) -> bool:

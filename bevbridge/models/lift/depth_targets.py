@@ -17,15 +17,17 @@ __all__ = ["depth_targets", "depth_loss"]
 
 def depth_targets(lidar: torch.Tensor, lidar_mask: torch.Tensor, K: torch.Tensor, sensor2ego: torch.Tensor,
                   ida: torch.Tensor, bda: torch.Tensor, image_hw: tuple[int, int], downsample: int,
-                  depth_range: tuple[float, float, float]) -> torch.Tensor:
+                  depth_range: tuple[float, float, float], feat_hw: tuple[int, int] | None = None) -> torch.Tensor:
     """One-hot depth targets ``[B, N, h, w, D]`` (all zeros where no LiDAR point falls in a patch).
 
     Shapes: ``lidar [B, P, >=3]`` (augmented ego frame), ``lidar_mask [B, P]``, ``K, ida [B, N, 3, 3]``,
-    ``sensor2ego [B, N, 4, 4]`` (camera -> key ego, before bda), ``bda [B, 4, 4]``.
+    ``sensor2ego [B, N, 4, 4]`` (camera -> key ego, before bda), ``bda [B, 4, 4]``. ``feat_hw`` is the depth
+    map's (h, w) when the image size is not a multiple of ``downsample`` (the backbone rounds up); patches are
+    ``downsample`` pixels wide from the top-left corner either way.
     """
     B, N = K.shape[:2]
     H, W = image_hw
-    h, w = H // downsample, W // downsample
+    h, w = feat_hw if feat_hw is not None else (H // downsample, W // downsample)
     dmin, dmax, step = depth_range
     D = int(round((dmax - dmin) / step))
     xyz = lidar[..., :3].to(torch.float32)
@@ -39,8 +41,8 @@ def depth_targets(lidar: torch.Tensor, lidar_mask: torch.Tensor, K: torch.Tensor
     uv = uvw[..., :2] / uvw[..., 2:3].clamp(min=1e-5)
     uv = uv @ ida[..., :2, :2].transpose(-1, -2) + ida[:, :, None, :2, 2]
     u, v = uv[..., 0], uv[..., 1]
-    valid = (lidar_mask[:, None] & (depth >= dmin) & (depth < dmax) & (u >= 0) & (u < w * downsample)
-             & (v >= 0) & (v < h * downsample))
+    valid = (lidar_mask[:, None] & (depth >= dmin) & (depth < dmax) & (u >= 0) & (u < min(W, w * downsample))
+             & (v >= 0) & (v < min(H, h * downsample)))
     patch = (v.floor().long() // downsample).clamp(0, h - 1) * w + (u.floor().long() // downsample).clamp(0, w - 1)
     flat = (torch.arange(B * N, device=K.device).view(B, N, 1) * (h * w) + patch)[valid]
     nearest = torch.full((B * N * h * w,), float("inf"), device=K.device)

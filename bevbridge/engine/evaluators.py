@@ -1,0 +1,117 @@
+"""Adapters from the engine's evaluator protocol (reset / update(preds, batch) / compute) to bevbridge/eval.
+
+- ``DetectionEvaluator``: predictions -> devkit results JSON (global frame) -> the official ``DetectionEval``:
+  mAP, NDS, the five TP errors and per-class AP.
+- ``SegmentationEvaluator``: ``SegmentationMeter`` over the split (IoU@max, IoU@0.5, mIoU-7, mIoU-4).
+- ``DetectionExporter``: only writes the results JSON (``bevbridge infer``).
+
+Predictions arrive in the batch's (possibly augmented) ego frame (models/base.py); the BEV augmentation is undone
+here before export.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bevbridge.data.batch import Batch
+from bevbridge.geometry import invert_transform, transform_boxes
+from bevbridge.models.base import Prediction
+
+__all__ = ["DetectionEvaluator", "SegmentationEvaluator", "DetectionExporter"]
+
+log = logging.getLogger(__name__)
+
+
+def _unaugmented(pred: Prediction, bda: torch.Tensor) -> torch.Tensor:
+    boxes = pred.boxes if pred.boxes is not None else torch.zeros(0, 9)
+    if len(boxes) == 0 or torch.allclose(bda, torch.eye(4, dtype=bda.dtype)):
+        return boxes
+    return transform_boxes(invert_transform(bda.double()), boxes.double()).float()
+
+
+class _ResultsCollector:
+    def __init__(self, dataroot: str | Path, version: str, split: str):
+        self.dataroot, self.version, self.split = Path(dataroot), version, split
+        self._nusc = None
+        self.reset()
+
+    @property
+    def nusc(self):
+        if self._nusc is None:
+            from bevbridge.eval.detection import load_nuscenes
+
+            self._nusc = load_nuscenes(self.dataroot, self.version)
+        return self._nusc
+
+    def reset(self) -> None:
+        from bevbridge.eval.detection_export import DetectionResults
+
+        self.results = DetectionResults()
+
+    def update(self, preds: list[Prediction], batch: Batch) -> None:
+        for i, p in enumerate(preds):
+            boxes = _unaugmented(p, batch.bda[i])
+            empty = torch.zeros(0)
+            self.results.add(p.token, boxes, p.scores if p.scores is not None else empty,
+                             p.labels if p.labels is not None else empty.long(), batch.ego2global[i])
+
+    def write(self, path: Path) -> Path:
+        from bevbridge.eval.detection import split_sample_tokens
+
+        tokens = split_sample_tokens(self.nusc, self.split)
+        return self.results.write(path, tokens, meta={"use_camera": True, "use_radar": True})
+
+
+class DetectionEvaluator(_ResultsCollector):
+    """Official nuScenes detection metrics of the split; keeps results_nusc.json in ``out_dir`` if given."""
+
+    def __init__(self, dataroot: str | Path, version: str, split: str, out_dir: str | Path | None = None):
+        super().__init__(dataroot, version, split)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+
+    def compute(self) -> dict[str, Any]:
+        from bevbridge.eval.detection import evaluate_detections
+
+        with tempfile.TemporaryDirectory(prefix="bevbridge-det-") as tmp:
+            path = self.write((self.out_dir or Path(tmp)) / "results_nusc.json")
+            metrics = evaluate_detections(path, nusc=self.nusc, split=self.split)
+        return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+class DetectionExporter(_ResultsCollector):
+    """Writes the devkit results JSON to ``out`` on ``compute()``."""
+
+    def __init__(self, dataroot: str | Path, version: str, split: str, out: str | Path):
+        super().__init__(dataroot, version, split)
+        self.out = Path(out)
+
+    def compute(self) -> dict[str, Any]:
+        path = self.write(self.out)
+        log.info("wrote %d samples' predictions to %s", len(self.results), path)
+        return {"num_samples": len(self.results)}
+
+
+class SegmentationEvaluator:
+    """BEV map segmentation IoU over the split (bevbridge.eval.segmentation.SegmentationMeter)."""
+
+    def __init__(self, class_names: tuple[str, ...]):
+        from bevbridge.eval.segmentation import SegmentationMeter
+
+        self.meter = SegmentationMeter(class_names)
+
+    def reset(self) -> None:
+        self.meter.reset()
+
+    def update(self, preds: list[Prediction], batch: Batch) -> None:
+        if batch.gt_masks is None:
+            raise ValueError("segmentation evaluation needs map targets: the batch has no gt_masks")
+        probs = torch.stack([p.seg_probs for p in preds])
+        self.meter.update(probs, batch.gt_masks.to(probs.device))
+
+    def compute(self) -> dict[str, Any]:
+        return {k: v for k, v in self.meter.compute().items() if isinstance(v, (int, float))}

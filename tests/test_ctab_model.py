@@ -1,0 +1,159 @@
+"""The whole CTAB model: published parameter overheads, checkpoint conversion, forward/loss/predict on synthetic data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bevbridge.config import load_config
+from bevbridge.data.batch import collate
+from bevbridge.data.nuscenes import NuScenesDataset
+from bevbridge.models.detectors.ctab import CTABDetector
+from bevbridge.models.detectors.ctab_checkpoint import RENAMES, convert_rcbevdet_state_dict, load_rcbevdet
+
+CFG = "configs/ctab"
+
+
+def build(name: str, *overrides: str, meta: bool = False) -> CTABDetector:
+    cfg = load_config(f"{CFG}/{name}.yaml", list(overrides)).model
+    if meta:
+        with torch.device("meta"):
+            return CTABDetector(cfg)
+    return CTABDetector(cfg)
+
+
+def millions(m: torch.nn.Module) -> float:
+    return sum(p.numel() for p in m.parameters()) / 1e6
+
+
+def test_table_ii_parameter_overheads_at_paper_scale():
+    """Table II: MTL baseline +1.63M, MTL + CTAB +2.21M over detection only (decoder 1.33 + upsampling 0.30 +
+    CTAB 0.58)."""
+    det = millions(build("rcbevdet_r50_det", meta=True))
+    base = millions(build("mtl_baseline", meta=True))
+    ctab = millions(build("mtl_ctab", meta=True))
+    assert round(base - det, 2) == 1.63
+    assert round(ctab - det, 2) == 2.21
+    assert round(ctab - base, 2) == 0.58
+
+
+# Key names and shapes of RCBEVDet's released checkpoint, as its public modules define them.
+PUBLIC_KEYS = {
+    "img_backbone.conv1.weight": (64, 3, 7, 7),
+    "img_backbone.layer3.5.bn3.running_var": (1024,),
+    "img_neck.lateral_convs.1.conv.weight": (512, 2048, 1, 1),
+    "img_neck.fpn_convs.0.conv.bias": (512,),
+    "img_view_transformer.depth_net.bn.running_mean": (27,),
+    "img_view_transformer.depth_net.depth_mlp.fc1.weight": (512, 27),
+    "img_view_transformer.depth_net.context_se.conv_expand.weight": (512, 512, 1, 1),
+    "img_view_transformer.depth_net.depth_conv.3.aspp2.atrous_conv.weight": (96, 512, 3, 3),
+    "img_view_transformer.depth_net.depth_conv.3.global_avg_pool.1.weight": (96, 512, 1, 1),
+    "img_view_transformer.depth_net.depth_conv.4.weight": (118, 512, 1, 1),
+    "img_view_transformer.depth_net.context_conv.weight": (80, 512, 1, 1),
+    "pre_process_net.layers.0.0.downsample.weight": (80, 80, 3, 3),
+    "img_bev_encoder_backbone.layers.0.0.downsample.weight": (160, 720, 3, 3),
+    "img_bev_encoder_backbone.layers.2.1.bn2.weight": (640,),
+    "img_bev_encoder_neck.conv.0.weight": (512, 800, 3, 3),
+    "img_bev_encoder_neck.up2.4.weight": (256, 256, 1, 1),
+    "radar_voxel_encoder.point_block.0.linear.weight": (32, 9),
+    "radar_voxel_encoder.point_embed.conv1.0.weight": (32, 11, 1),
+    "radar_voxel_encoder.injector.1.gamma": (64,),
+    "radar_voxel_encoder.extractor.0.attn.kv.weight": (64, 32),
+    "radar_voxel_encoder.transformer_block.0.attn.attention.attn.in_proj_weight": (96, 32),
+    "radar_voxel_encoder.transformer_block.1.attn.beta.weight": (2, 64),
+    "radar_voxel_encoder.linear_module.0.weight": (64, 32),
+    "radar_voxel_encoder.out_linear.weight": (64, 128),
+    "radar_voxel_encoder.pos_embed.3.weight": (32, 32),
+    "radar_middle_encoder.compress.weight": (64, 128, 3, 3),
+    "radar_middle_encoder.rcs_att.weight": (64, 2, 1, 1),
+    "radar_bev_backbone.blocks.0.0.weight": (64, 64, 3, 3),
+    "radar_bev_backbone.blocks.2.15.weight": (256, 256, 3, 3),
+    "radar_bev_neck.deblocks.0.0.weight": (128, 64, 2, 2),
+    "radar_bev_neck.deblocks.2.0.weight": (256, 128, 2, 2),
+    "radar_reduc_conv.conv.weight": (256, 384, 3, 3),
+    "radar_reduc_conv.bn.running_mean": (256,),
+    "DeformAttn1.sampling_offsets.weight": (128, 256),
+    "DeformAttn2.attention_weights.weight": (64, 256),
+    "LearnedPositionalEncoding1.row_embed.weight": (128, 128),
+    "RadarConvFuser_fuse.fuse_conv.0.weight": (256, 512, 3, 3),
+    "RadarConvFuser_fuse.deconv.0.0.weight": (256, 768, 3, 3),
+    "pts_bbox_head.shared_conv.conv.weight": (64, 256, 3, 3),
+    "pts_bbox_head.task_heads.0.heatmap.1.weight": (10, 64, 3, 3),
+    "pts_bbox_head.task_heads.0.vel.0.bn.weight": (64,),
+}
+
+
+def test_public_rcbevdet_keys_map_onto_the_model_with_their_shapes():
+    model = build("rcbevdet_r50_det", meta=True)
+    ours = model.state_dict()
+    fake = {k: torch.zeros(shape, device="meta") for k, shape in PUBLIC_KEYS.items()}
+    converted, unknown = convert_rcbevdet_state_dict(fake)
+    assert not unknown
+    for public, ours_key in zip(fake, converted):
+        assert ours_key in ours, f"{public} -> {ours_key} has no place in the model"
+        assert tuple(ours[ours_key].shape) == PUBLIC_KEYS[public], public
+
+
+def test_converter_round_trip_loads_every_tensor_and_reports_leftovers():
+    src, dst = build("rcbevdet_r50_det_synth"), build("rcbevdet_r50_det_synth")
+    inverse = [(ours, public) for public, ours in RENAMES]
+    public_sd = {}
+    for k, v in src.state_dict().items():
+        for ours, public in sorted(inverse, key=lambda p: -len(p[0])):
+            if k.startswith(ours):
+                public_sd["module." + public + k[len(ours):]] = v
+                break
+    public_sd["img_backbone.fc.weight"] = torch.zeros(3, 3)  # an upstream-only tensor
+    report = load_rcbevdet(dst, public_sd)
+    assert not report.missing and not report.mismatched
+    assert "image_backbone.net.fc.weight" in report.unexpected
+    for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+@pytest.fixture(scope="module")
+def tiny(synth_world):
+    """mtl_ctab_synth shrunk to the test world's 72x128 images and a 32x32 BEV."""
+    overrides = ("model.grid.res=3.2", "model.image.input_size=[72, 128]", "model.seg.out_size=50",
+                 "model.radar.pillar_size=0.8", "model.depth.depth_range=[1.0, 60.0, 2.0]")
+    torch.manual_seed(0)
+    model = build("mtl_ctab_synth", *overrides)
+    ds = NuScenesDataset(synth_world.dataroot, synth_world.version, synth_world.train_split, image_size=(72, 128),
+                         radar_sweeps=2, lidar_sweeps=1, map_grid=model.seg_grid, map_classes=model.cfg.seg.classes)
+    return model, ds
+
+
+def test_forward_loss_predict_and_gradients(tiny):
+    model, ds = tiny
+    batch = collate([ds[0], ds[1]])
+    model.train()
+    out = model(batch)
+    assert out["seg_logits"].shape == (2, 7, 50, 50)
+    losses = model.loss(out, batch)
+    assert {"loss_det", "loss_seg", "det/heatmap", "det/bbox", "det/depth", "seg/focal", "seg/dice"} <= set(losses)
+    total = sum(v for k, v in losses.items() if k.startswith("loss"))
+    assert torch.isfinite(total)
+    total.backward()
+    for name in ("ctab.gate_det", "ctab.gate_seg", "huw.log_sigma.det", "lss.depth_net.context_conv.weight",
+                 "radar_encoder.out_linear.weight", "center_head.net.shared_conv.conv.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    model.eval()
+    with torch.no_grad():
+        preds = model.predict(model(batch), batch)
+    assert len(preds) == 2 and preds[0].boxes.shape[1] == 9 and preds[0].seg_probs.shape == (7, 50, 50)
+    assert set(model.scalars()) == {"ctab/gate_det", "ctab/gate_seg", "huw/sigma_det", "huw/sigma_seg"}
+
+
+def test_missing_sensors_are_handled_by_design(tiny, synth_world):
+    model, ds = tiny
+    model.eval()
+    no_radar = NuScenesDataset(synth_world.dataroot, synth_world.version, synth_world.train_split,
+                               image_size=(72, 128), drop_radar=True, drop_cameras=("CAM_BACK",), lidar_sweeps=0,
+                               map_grid=model.seg_grid, map_classes=model.cfg.seg.classes)
+    batch = collate([no_radar[0]])
+    with torch.no_grad():
+        out = model(batch)
+    assert torch.isfinite(out["seg_logits"]).all()
+    losses = model.loss(out, batch)  # no lidar: no depth term
+    assert "det/depth" not in losses and torch.isfinite(losses["loss_det"])
