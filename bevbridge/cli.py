@@ -88,6 +88,19 @@ def _engine(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from bevbridge.engine.demo import run_demo
+    from bevbridge.engine.distributed import cleanup
+    from bevbridge.engine.errors import EngineError
+
+    try:
+        return run_demo(args)
+    except EngineError as e:
+        raise CommandError(f"bevbridge demo: {e}", e.code) from e
+    finally:
+        cleanup()
+
+
 def _cmd_eval_detections(args: argparse.Namespace) -> int:
     import json
     import math
@@ -175,11 +188,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", required=True, help="results JSON (devkit format, global frame)")
     p.add_argument("--out", help="also write the metrics as JSON here")
 
-    add("viz", "render BEV and camera views of data or predictions", _not_built("viz", "issue #7, the CTAB demo"))
+    p = add("viz", "render BEV and camera views of data (and, with --ckpt, predictions) into an HTML page",
+            _engine("viz"))
+    _add_config_args(p)
+    p.add_argument("--ckpt", default=None, help="checkpoint folder or weights; without it only ground truth is drawn")
+    p.add_argument("--samples", type=int, default=3, help="validation samples to render, spread over the split")
+    p.add_argument("--out", default="runs/viz", help="output folder (index.html + PNGs)")
     add("bench", "run the benchmarks (benchmarks/bench_*.py) and print their tables",
         _not_built("bench", "issue #5, the pure-PyTorch ops"))
-    add("demo", "synthesise data, train CTAB on CPU, evaluate and write an HTML report to runs/demo/",
-        _not_built("demo", "issue #7, CTAB end to end"))
+    p = add("demo", "synthesise data, train CTAB on CPU, evaluate and write an HTML report to runs/demo/", _cmd_demo)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the demo config")
+    p.add_argument("--config", default=None, help="default: configs/ctab/mtl_ctab_synth.yaml")
+    p.add_argument("--out", default="runs/demo", help="output folder (a previous demo run there is replaced)")
+    p.add_argument("--minutes", type=float, default=14.0,
+                   help="wall-clock budget for everything (data, training, evaluation, report); default 14")
 
     p = add("config", "print the resolved config (after _base_ and overrides) as YAML", _cmd_config)
     _add_config_args(p)

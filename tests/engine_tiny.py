@@ -2,7 +2,7 @@
 
 The dataset's samples carry an 8-d input in ``radar`` (with per-sample augmentation noise drawn from the global
 torch RNG, so the engine's per-sample seeding is exercised) and a 9-d target in ``gt_boxes``. The model has an
-``img_backbone`` (for the lr multiplier), a LayerNorm, dropout (model-side randomness) and a scalar gate.
+``image_backbone`` (for the lr multiplier), a LayerNorm, dropout (model-side randomness) and a scalar gate.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class TinyDataset(Dataset):
 class TinyModel(nn.Module):
     def __init__(self, hidden: int = 16, dropout: float = 0.1):
         super().__init__()
-        self.img_backbone = nn.Linear(IN, hidden)
+        self.image_backbone = nn.Linear(IN, hidden)
         self.norm = nn.LayerNorm(hidden)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, OUT)
@@ -56,7 +56,7 @@ class TinyModel(nn.Module):
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         x = batch.radar[:, 0]  # [B, IN]
-        h = self.drop(torch.relu(self.norm(self.img_backbone(x))))
+        h = self.drop(torch.relu(self.norm(self.image_backbone(x))))
         return {"boxes": self.head(h) * (1 + self.gate)}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:

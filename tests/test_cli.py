@@ -55,13 +55,6 @@ def test_config_prints_the_resolved_config(config):
     assert resolved["optim"]["lr"] == pytest.approx(2e-4) and resolved["data"]["batch_size"] == 2
 
 
-@pytest.mark.parametrize("args", [["viz"]])
-def test_unbuilt_subcommand_says_so_and_fails(args):
-    r = bevbridge(*args)
-    assert r.returncode == 3
-    assert "not built yet" in r.stderr and "nothing was done" in r.stderr
-
-
 @pytest.mark.parametrize("args", [["train"], ["eval", "--ckpt", "x"], ["infer", "--ckpt", "x", "--out", "r.json"]])
 def test_engine_commands_without_a_model_fail_with_one_line(config, args, tmp_path):
     r = bevbridge(args[0], str(config), *args[1:], cwd=tmp_path)

@@ -67,18 +67,18 @@ def test_keep_last_k_and_best(tmp_path):
 
 def test_init_from_with_prefix_map_reports_missing_and_unexpected(tmp_path, caplog):
     src = TinyModel(hidden=16)
-    # a "pretrained" file with other names: backbone.* for img_backbone.*, an extra key, and a head of another shape
-    state = {k.replace("img_backbone.", "backbone."): v for k, v in src.state_dict().items() if not k.startswith("head")}
+    # a "pretrained" file with other names: backbone.* for image_backbone.*, an extra key, and a head of another shape
+    state = {k.replace("image_backbone.", "backbone."): v for k, v in src.state_dict().items() if not k.startswith("head")}
     state["extra.weight"] = torch.zeros(2)
     state["head.weight"] = torch.zeros(3, 16)
     save_file(state, tmp_path / "pre.safetensors")
     dst = TinyModel(hidden=16)
     with caplog.at_level(logging.INFO):
-        rep = load_pretrained(dst, tmp_path / "pre.safetensors", {"backbone.": "img_backbone."})
-    assert torch.equal(dst.img_backbone.weight, src.img_backbone.weight)
+        rep = load_pretrained(dst, tmp_path / "pre.safetensors", {"backbone.": "image_backbone."})
+    assert torch.equal(dst.image_backbone.weight, src.image_backbone.weight)
     assert rep.unexpected == ["extra.weight"]
     assert rep.missing == ["head.bias"] and rep.mismatched[0].startswith("head.weight (file (3, 16)")
-    assert "img_backbone.weight" in rep.loaded and "missing keys: head.bias" in caplog.text
+    assert "image_backbone.weight" in rep.loaded and "missing keys: head.bias" in caplog.text
     assert "unexpected keys: extra.weight" in caplog.text
 
 

@@ -56,15 +56,6 @@ def test_resume_with_an_override_after_it_is_explained(tiny_build, config, capsy
     assert "put key=value overrides before --resume" in capsys.readouterr().err
 
 
-def test_infer_without_the_exporter_is_honest(tiny_build, config, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert cli.main(["train", str(config), "--out", str(run), "--max-steps", "1"]) == 0
-    code = cli.main(["infer", str(config), "--ckpt", str(run), "--out", str(tmp_path / "results.json")])
-    err = capsys.readouterr().err
-    assert code == 3 and re.search(r"exporter .*not (built|written) yet", err), err
-    assert not (tmp_path / "results.json").exists()
-
-
 def test_eval_rejects_weights_of_another_model(tiny_build, config, tmp_path, capsys):
     from safetensors.torch import save_file
 

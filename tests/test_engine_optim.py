@@ -27,8 +27,8 @@ def test_param_groups_split_backbone_and_no_decay():
     model.norm.weight.requires_grad_(False)  # frozen: left out
     groups = _groups_by_name(model, backbone_lr_mult=0.1, weight_decay=0.05)
     ids = {name: {id(p) for p in g["params"]} for name, g in groups.items()}
-    assert ids["backbone"] == {id(model.img_backbone.weight)}
-    assert ids["backbone_no_decay"] == {id(model.img_backbone.bias)}
+    assert ids["backbone"] == {id(model.image_backbone.weight)}
+    assert ids["backbone_no_decay"] == {id(model.image_backbone.bias)}
     assert ids["decay"] == {id(model.head.weight)}
     assert ids["no_decay"] == {id(model.head.bias), id(model.norm.bias), id(model.gate)}  # gate: a scalar
     assert groups["backbone"]["lr_mult"] == groups["backbone_no_decay"]["lr_mult"] == 0.1

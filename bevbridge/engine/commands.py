@@ -16,7 +16,7 @@ from bevbridge.engine import build, distributed
 from bevbridge.engine.checkpoint import checkpoint_dir_of, read_weights
 from bevbridge.engine.run_log import add_file_log, write_metrics
 
-__all__ = ["train", "evaluate", "infer"]
+__all__ = ["train", "evaluate", "infer", "viz"]
 
 log = logging.getLogger(__name__)
 
@@ -115,4 +115,32 @@ def infer(args: argparse.Namespace) -> int:
                    desc="infer")
     if distributed.info().is_main:
         print(f"predictions of {source} written to {out}")
+    return 0
+
+
+def viz(args: argparse.Namespace) -> int:
+    """Render ground truth (and, with --ckpt, predictions) of a few validation samples into an HTML page."""
+    from bevbridge.viz.report import write_report
+    from bevbridge.viz.run_report import render_samples
+
+    if args.ckpt:
+        cfg, model, device, source = _load_for_inference(args)
+    else:
+        cfg, model, source = load_config(args.config, args.overrides), None, None
+    _, val_set = build.build_datasets(cfg, train=False)
+    n = len(val_set)
+    k = max(1, min(args.samples, n))
+    indices = sorted({int(round(i * (n - 1) / max(k - 1, 1))) for i in range(k)})
+    out = Path(args.out)
+    seg_grid = getattr(model, "seg_grid", None) if model is not None else None
+    if seg_grid is None and cfg.model is not None and cfg.model.seg is not None:
+        from bevbridge.geometry import BEVGrid
+
+        g = cfg.model.grid
+        seg_grid = BEVGrid(g.xmin, g.xmax, g.ymin, g.ymax, (g.xmax - g.xmin) / cfg.model.seg.out_size)
+    figures = render_samples(model, val_set, indices, out, seg_grid)
+    what = f"predictions of {source}" if source else "ground truth only (no --ckpt)"
+    page = write_report(out, f"bevbridge viz: {cfg.name}", [], figures,
+                        [f"{cfg.data.dataroot} {cfg.data.version} {cfg.data.val_split}: samples {indices}; {what}."])
+    print(f"wrote {len(figures)} figures and {page}")
     return 0

@@ -5,6 +5,8 @@ TensorBoard tags: ``train/loss`` (the optimised sum), ``train/<entry>`` for ever
 ``train/samples_per_s`` (global; time inside training steps, data loading included, evaluation and checkpoints
 excluded), ``train/skipped_steps``, ``model/<name>`` for model.scalars() (HUW sigmas, CTAB gates),
 ``eval/<evaluator>/<metric>`` for evaluation results. Losses are rank 0's, averaged over the logging window.
+The same scalars are appended to ``<run>/scalars.jsonl`` (one ``{"step": s, "<tag>": value, ...}`` per line), for
+plots and scripts that should not need TensorBoard.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Mapping
 
 from bevbridge.atomic import atomic_write_text
 
-__all__ = ["RunLog", "write_metrics", "add_file_log"]
+__all__ = ["RunLog", "write_metrics", "add_file_log", "read_scalars"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,14 @@ def add_file_log(path: str | os.PathLike) -> logging.Handler:
     return handler
 
 
+def read_scalars(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of ``<run>/scalars.jsonl`` (empty if the run logged nothing)."""
+    path = Path(run_dir) / "scalars.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 class RunLog:
     """TensorBoard scalars under ``<run>/tb``; a no-op on ranks other than 0."""
 
@@ -71,12 +81,16 @@ class RunLog:
         if not self.enabled:
             return
         tb = self._tb()
+        row: dict[str, Any] = {"step": step}
         for k, v in values.items():
             try:
                 v = float(v)
             except (TypeError, ValueError):
                 continue
             tb.add_scalar(f"{prefix}{k}", v, global_step=step)
+            row[f"{prefix}{k}"] = v
+        with open(self.run_dir / "scalars.jsonl", "a") as f:
+            f.write(json.dumps(_json_safe(row)) + "\n")
 
     def flush(self) -> None:
         if self._writer is not None:

@@ -104,11 +104,15 @@ class Trainer:
                  peak, scaling, self.device, self.precision.mode)
 
     # ------------------------------------------------------------------------------------------------- the loop
-    def fit(self, resume: str | Path | bool | None = None, stop_at: int | None = None) -> FitResult:
+    def fit(self, resume: str | Path | bool | None = None, stop_at: int | None = None,
+            time_budget_s: float | None = None) -> FitResult:
         """Train until ``train.max_steps`` (or until step ``stop_at``, keeping the schedule), checkpointing on the way.
 
         ``resume``: True = the latest checkpoint of this run; a path = that checkpoint (folder or run folder).
+        ``time_budget_s``: also stop (with a checkpoint) once this many seconds have passed since fit() started;
+        the schedule keeps its length, so a cut run ends before the learning rate has fully decayed.
         """
+        started = time.perf_counter()
         t = self.cfg.train
         if resume is True and self.ckpts.latest() is None:
             raise EngineError(f"--resume: {self.run_dir} has no complete checkpoint to resume from "
@@ -128,6 +132,11 @@ class Trainer:
         bar = progress(total=t.max_steps, initial=self.step, desc="train", unit="step")
         try:
             while self.step < stop:
+                if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
+                    log.info("time budget of %.0f s reached at step %d/%d", time_budget_s, self.step, t.max_steps)
+                    if self.last_checkpoint is None or not str(self.last_checkpoint).endswith(f"{self.step:08d}"):
+                        self.save()
+                    break
                 tic = time.perf_counter()
                 out = self._train_step(batches)
                 busy += time.perf_counter() - tic
