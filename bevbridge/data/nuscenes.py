@@ -24,8 +24,8 @@ from bevbridge.data.captions import load_captions
 from bevbridge.data.nuscenes_info import (CAMERAS, RADARS, InfoCacheError, build_info_cache, default_cache_path,
                                           load_info_cache, open_nuscenes)
 from bevbridge.data.sweeps import load_lidar_sweeps, load_radar_sweeps
-from bevbridge.data.transforms import (BEVAug, ImageAug, apply_bda_boxes, apply_bda_masks, apply_bda_points,
-                                       sample_bda, sample_ida, warp_image)
+from bevbridge.data.transforms import (BEVAug, ImageAug, apply_bda_boxes, apply_bda_points, sample_bda, sample_ida,
+                                       warp_image)
 from bevbridge.geometry import BEVGrid, invert_transform
 
 __all__ = ["NuScenesDataset"]
@@ -263,8 +263,7 @@ class NuScenesDataset(Dataset):
 
     def _map_targets(self, info: dict, ego2global: np.ndarray, bda: np.ndarray, boxes_aug: np.ndarray) -> np.ndarray:
         grid = self.map_grid
-        maps = self._maps.masks(info["location"], ego2global)
-        maps = apply_bda_masks(bda, maps, grid)
+        maps = self._maps.masks(info["location"], ego2global, bda)
         out = np.zeros((len(self.map_classes), grid.H, grid.W), np.uint8)
         j = 0
         for i, c in enumerate(self.map_classes):
