@@ -17,7 +17,8 @@ from bevbridge.data.batch import DETECTION_CLASSES, collate
 from bevbridge.data.bevmap import MapRasterizer, vehicle_mask
 from bevbridge.data.cbgs import CBGSDataset
 from bevbridge.data.nuscenes import NuScenesDataset
-from bevbridge.data.nuscenes_info import InfoCacheError, build_info_cache, load_info_cache
+from bevbridge.data.nuscenes_info import (SCHEMA_VERSION, InfoCacheError, StaleInfoCache, build_info_cache,
+                                          load_info_cache)
 from bevbridge.data.transforms import BEVAug, ImageAug
 from bevbridge.geometry import BEVGrid, invert_transform, make_transform, rotation_z, transform_points
 from bevbridge.model_config import CTAB_MAP_CLASSES
@@ -154,8 +155,15 @@ def test_info_cache_schema_version_and_sweeps_are_checked(synth_world, tmp_path)
     bad = dict(payload, schema=0)
     with gzip.open(tmp_path / "old.json.gz", "wt") as f:
         json.dump(bad, f)
-    with pytest.raises(InfoCacheError, match="schema 0.*reads schema 1.*rebuild"):
+    with pytest.raises(InfoCacheError, match=f"schema 0.*reads schema {SCHEMA_VERSION}.*rebuild"):
         load_info_cache(tmp_path / "old.json.gz", synth_world.version)
+    with pytest.raises(InfoCacheError, match="schema 0.*rebuild"):  # the dataset refuses it too
+        make(synth_world, cache_path=tmp_path / "old.json.gz")
+    with pytest.raises(StaleInfoCache, match="built from other v1.0-mini tables"):
+        load_info_cache(path, synth_world.version, fingerprint="0123")
+    # too few sweeps at an explicit path: the dataset rebuilds the cache there
+    ds = make(synth_world, cache_path=path, radar_sweeps=6)
+    assert load_info_cache(path, synth_world.version)["radar_sweeps"] == 10 and len(ds[0].radar)
 
 
 def test_dataloader_with_two_workers_and_cbgs(synth_world):
@@ -212,3 +220,20 @@ def test_radar_velocities_are_rotated_into_the_key_frame(synth_world):
             errors += list(np.linalg.norm(p[on, 3:5] - radial, axis=1))
     errors = np.asarray(errors)
     assert len(errors) > 50 and (errors < 0.5).mean() > 0.6, ((errors < 0.5).mean(), len(errors))
+
+
+def test_a_regenerated_dataroot_does_not_reuse_a_stale_cache(tmp_path):
+    """The default cache is keyed by the dataroot's path; the tables' fingerprint catches new data at the same path
+    (e.g. `bevbridge synth` run again with other parameters) and the cache is rebuilt."""
+    from bevbridge.data import synth
+
+    root = tmp_path / "w"
+    params = dict(scenes=1, samples_per_scene=2, image_size=(32, 64), version="v1.0-mini")
+    synth.generate(root, seed=1, **params)
+    first = NuScenesDataset(root, "v1.0-mini", synth.TRAIN_SPLIT, image_size=None, radar_sweeps=1)
+    synth.generate(root, seed=2, **params)
+    second = NuScenesDataset(root, "v1.0-mini", synth.TRAIN_SPLIT, image_size=None, radar_sweeps=1)
+    tokens = json.loads((root / "v1.0-mini" / "sample.json").read_text())
+    assert {s["token"] for s in second.samples} == {s["token"] for s in tokens}
+    assert {s["token"] for s in first.samples}.isdisjoint(s["token"] for s in second.samples)
+    second[0]

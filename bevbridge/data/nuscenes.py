@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 from bevbridge.data.batch import DETECTION_CLASSES, PastFrames, Sample
 from bevbridge.data.bevmap import VEHICLE_CATEGORY_PREFIX, MapRasterizer, vehicle_mask
 from bevbridge.data.captions import load_captions
-from bevbridge.data.nuscenes_info import (CAMERAS, RADARS, InfoCacheError, build_info_cache, default_cache_path,
-                                          load_info_cache, open_nuscenes)
+from bevbridge.data.nuscenes_info import (CAMERAS, RADARS, StaleInfoCache, build_info_cache, default_cache_path,
+                                          load_info_cache, tables_fingerprint)
 from bevbridge.data.sweeps import load_lidar_sweeps, load_radar_sweeps
 from bevbridge.data.transforms import (BEVAug, ImageAug, apply_bda_boxes, apply_bda_points, sample_bda, sample_ida,
                                        warp_image)
@@ -106,13 +106,19 @@ class NuScenesDataset(Dataset):
 
     # ------------------------------------------------------------------------------------------------- setup
     def _load_infos(self, cache_path, radar_sweeps: int, lidar_sweeps: int) -> list[dict]:
+        """The cache's samples; built if missing, rebuilt if stale (other tables at this dataroot, too few sweeps)."""
         path = Path(cache_path) if cache_path is not None else default_cache_path(self.dataroot, self.version)
-        if not path.is_file():
+        fingerprint = tables_fingerprint(self.dataroot, self.version)  # clear errors for a wrong dataroot/version
+        if path.is_file():
+            try:
+                return load_info_cache(path, self.version, radar_sweeps, lidar_sweeps, fingerprint)["samples"]
+            except StaleInfoCache as e:
+                log.warning("%s: rebuilding it", e)
+        else:
             log.info("info cache %s missing: building it (once)", path)
-            open_nuscenes(self.dataroot, self.version)  # clear errors for a wrong dataroot/version first
-            build_info_cache(self.dataroot, self.version, path, radar_sweeps=max(radar_sweeps, 10),
-                             lidar_sweeps=max(lidar_sweeps, 10))
-        return load_info_cache(path, self.version, radar_sweeps, lidar_sweeps)["samples"]
+        build_info_cache(self.dataroot, self.version, path, radar_sweeps=max(radar_sweeps, 10),
+                         lidar_sweeps=max(lidar_sweeps, 10))
+        return load_info_cache(path, self.version, radar_sweeps, lidar_sweeps, fingerprint)["samples"]
 
     def _split_scenes(self) -> list[str]:
         from nuscenes.utils import splits

@@ -4,9 +4,15 @@ One gzipped JSON per (dataroot, version): sample tokens, scene/location, RELATIV
 with the data), calibrations and ego poses of every camera, radar sweep and lidar sweep, and the annotations as
 9-d boxes in the key ego frame. It holds every sample of the version; splits are chosen when the dataset opens it.
 
-The file records ``schema`` (this module's SCHEMA_VERSION), the dataset ``version`` and the sweep counts it was
-built with; a cache that disagrees is refused with a message saying how to rebuild it. Building runs the per-sample
-extraction over a fork pool (the devkit tables are shared copy-on-write) with a progress bar.
+The file records ``schema`` (this module's SCHEMA_VERSION), the dataset ``version``, the sweep counts it was
+built with and a ``fingerprint`` of the tables (:func:`tables_fingerprint`). Another schema or version is refused
+with a message saying how to rebuild; a stale fingerprint or too few sweeps make ``NuScenesDataset`` rebuild it.
+Building runs the per-sample extraction over a fork pool (the devkit tables are shared copy-on-write) with a
+progress bar.
+
+Sweeps are stored "keyframe + previous": a sensor's keyframe sample_data and the ones before it (following
+``prev``, within the scene), most recent first; ``radar_sweeps=8`` means the keyframe sweep and up to 7 earlier ones
+per radar (fewer at the start of a scene).
 """
 
 from __future__ import annotations
@@ -27,12 +33,12 @@ from bevbridge.data.batch import ATTRIBUTE_NAMES, DETECTION_CLASSES
 from bevbridge.geometry import invert_transform, pose_matrix, quaternion_to_yaw, transform_boxes
 from bevbridge.log import progress
 
-__all__ = ["SCHEMA_VERSION", "CAMERAS", "RADARS", "InfoCacheError", "open_nuscenes", "build_info_cache",
-           "load_info_cache", "default_cache_path"]
+__all__ = ["SCHEMA_VERSION", "CAMERAS", "RADARS", "InfoCacheError", "StaleInfoCache", "check_dataroot", "open_nuscenes",
+           "tables_fingerprint", "build_info_cache", "load_info_cache", "default_cache_path"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tables fingerprint
 CAMERAS = ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")
 RADARS = ("RADAR_FRONT", "RADAR_FRONT_LEFT", "RADAR_FRONT_RIGHT", "RADAR_BACK_LEFT", "RADAR_BACK_RIGHT")
 
@@ -41,8 +47,8 @@ class InfoCacheError(RuntimeError):
     """The cache is missing, stale or from another schema/version; the message says how to rebuild it."""
 
 
-def open_nuscenes(dataroot: str | os.PathLike, version: str):
-    """``NuScenes(version, dataroot)`` with clear errors for a wrong dataroot or a missing version folder."""
+def check_dataroot(dataroot: str | os.PathLike, version: str) -> Path:
+    """Clear errors for a wrong dataroot or a missing version folder (without loading the tables)."""
     root = Path(dataroot)
     if not root.is_dir():
         raise FileNotFoundError(f"nuScenes dataroot does not exist: {root} (data.dataroot; run `bevbridge synth "
@@ -51,9 +57,29 @@ def open_nuscenes(dataroot: str | os.PathLike, version: str):
         present = sorted(p.name for p in root.iterdir() if (p / "sample.json").is_file())
         raise FileNotFoundError(f"nuScenes version folder missing: {root / version}/sample.json not found "
                                 f"(data.version={version!r}; versions present under {root}: {present or 'none'})")
+    return root
+
+
+def open_nuscenes(dataroot: str | os.PathLike, version: str):
+    """``NuScenes(version, dataroot)`` with clear errors for a wrong dataroot or a missing version folder."""
+    root = check_dataroot(dataroot, version)
     from nuscenes.nuscenes import NuScenes
 
     return NuScenes(version=version, dataroot=str(root), verbose=False)
+
+
+def tables_fingerprint(dataroot: str | os.PathLike, version: str) -> str:
+    """A cheap identity of a version's tables: the name and size of every ``*.json`` table plus a hash of
+    ``sample.json`` (about 10 MB for trainval). Changes when the data at a path is replaced (e.g. another synthetic
+    world written to the same folder); an identical regeneration keeps it."""
+    import hashlib
+
+    folder = check_dataroot(dataroot, version) / version
+    h = hashlib.sha1()
+    for p in sorted(folder.glob("*.json")):
+        h.update(f"{p.name}:{p.stat().st_size};".encode())
+    h.update(hashlib.sha1((folder / "sample.json").read_bytes()).digest())
+    return h.hexdigest()[:16]
 
 
 def default_cache_path(dataroot: str | os.PathLike, version: str) -> Path:
@@ -148,6 +174,7 @@ def build_info_cache(dataroot: str | os.PathLike, version: str, out: str | os.Pa
     global _NUSC
     t0 = time.perf_counter()
     out = Path(out) if out is not None else default_cache_path(dataroot, version)
+    fingerprint = tables_fingerprint(dataroot, version)
     nusc = open_nuscenes(dataroot, version)
     tokens = [s["token"] for s in nusc.sample]
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
@@ -169,8 +196,8 @@ def build_info_cache(dataroot: str | os.PathLike, version: str, out: str | os.Pa
         bar.close()
     finally:
         _NUSC = None
-    payload = {"schema": SCHEMA_VERSION, "version": version, "radar_sweeps": radar_sweeps,
-               "lidar_sweeps": lidar_sweeps, "samples": infos}
+    payload = {"schema": SCHEMA_VERSION, "version": version, "fingerprint": fingerprint,
+               "radar_sweeps": radar_sweeps, "lidar_sweeps": lidar_sweeps, "samples": infos}
     with atomic_path(out) as tmp:
         with gzip.open(tmp, "wt", compresslevel=3) as f:
             json.dump(payload, f, separators=(",", ":"))
@@ -178,8 +205,14 @@ def build_info_cache(dataroot: str | os.PathLike, version: str, out: str | os.Pa
     return out
 
 
-def load_info_cache(path: str | os.PathLike, version: str, radar_sweeps: int = 0, lidar_sweeps: int = 0) -> dict:
-    """Load and validate a cache; refuse another schema or version, or fewer sweeps than asked for."""
+class StaleInfoCache(InfoCacheError):
+    """The cache was built from other tables, or with fewer sweeps than asked for: rebuilding it fixes this."""
+
+
+def load_info_cache(path: str | os.PathLike, version: str, radar_sweeps: int = 0, lidar_sweeps: int = 0,
+                    fingerprint: str | None = None) -> dict:
+    """Load and validate a cache; refuse another schema or version (InfoCacheError), other tables than
+    ``fingerprint`` (if given) or fewer sweeps than asked for (StaleInfoCache)."""
     path = Path(path)
     rebuild = (f"rebuild it with `bevbridge.data.nuscenes_info.build_info_cache(dataroot, {version!r})` or delete "
                f"{path} and the dataset rebuilds it")
@@ -193,8 +226,11 @@ def load_info_cache(path: str | os.PathLike, version: str, radar_sweeps: int = 0
     if payload.get("version") != version:
         raise InfoCacheError(f"info cache {path} is for dataset version {payload.get('version')!r}, not {version!r}; "
                              f"{rebuild}")
+    if fingerprint is not None and payload.get("fingerprint") != fingerprint:
+        raise StaleInfoCache(f"info cache {path} was built from other {version} tables (fingerprint "
+                             f"{payload.get('fingerprint')}, the dataroot's is {fingerprint}); {rebuild}")
     for kind, want in (("radar_sweeps", radar_sweeps), ("lidar_sweeps", lidar_sweeps)):
         if payload.get(kind, 0) < want:
-            raise InfoCacheError(f"info cache {path} holds {payload.get(kind)} {kind}, {want} were asked for; "
+            raise StaleInfoCache(f"info cache {path} holds {payload.get(kind)} {kind}, {want} were asked for; "
                                  f"{rebuild} (pass {kind}={want})")
     return payload
