@@ -139,7 +139,8 @@ def test_augmented_sample_stays_aligned(synth_world):
         d1 = dist_to_boxes(s1.radar.numpy(), s1.gt_boxes.numpy().astype(np.float64))
         scale = abs(np.linalg.det(bda[:2, :2])) ** 0.5
         assert np.allclose(d1, d0 * scale, atol=1e-3)
-        # the image augmentation is in ida: projecting a box centre with ida lands on the same object pixel colour
+        # the image augmentation is in ida (test_dataset_geometry.py checks that projections through it land on
+        # the objects in the augmented images)
         assert not torch.allclose(s1.ida, s0.ida)
 
 
@@ -237,3 +238,46 @@ def test_a_regenerated_dataroot_does_not_reuse_a_stale_cache(tmp_path):
     assert {s["token"] for s in second.samples} == {s["token"] for s in tokens}
     assert {s["token"] for s in first.samples}.isdisjoint(s["token"] for s in second.samples)
     second[0]
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index(synth_world):
+    """Same (seed, epoch, index) -> the same sample, whichever dataset object or worker draws it; set_epoch and
+    another seed change the draws; train=False draws nothing."""
+    kw = dict(bev_aug=BEVAug(), image_aug=ImageAug((64, 112)), train=True, radar_max_points=40, seed=7)
+    a, b = make(synth_world, **kw), make(synth_world, **kw)
+    s0, s1 = a[3], b[3]
+    for f in ("images", "ida", "bda", "radar", "lidar", "gt_boxes"):
+        assert torch.equal(getattr(s0, f), getattr(s1, f)), f
+    b.set_epoch(1)
+    s2 = b[3]
+    assert not torch.equal(s0.bda, s2.bda) and not torch.equal(s0.ida, s2.ida)
+    assert not torch.equal(make(synth_world, **{**kw, "seed": 8})[3].bda, s0.bda)
+    assert not torch.equal(a[2].bda, s0.bda)
+    test = make(synth_world, **{**kw, "train": False})
+    assert torch.equal(test[3].bda, torch.eye(4)) and torch.equal(test[3].ida, make(synth_world)[3].ida)
+
+
+def test_every_modality_through_a_two_worker_loader_and_batch_to(synth_world):
+    ds = make(synth_world, num_past_frames=2, radar_sweeps=8, lidar_sweeps=2, map_grid=MAP_GRID,
+              map_classes=CTAB_MAP_CLASSES, captions=f"{synth_world.version}/final_caption_bbox_token.json",
+              bev_aug=BEVAug(), image_aug=ImageAug((64, 112)), train=True, drop_cameras=("CAM_BACK",))
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate, shuffle=False)
+    batches = list(loader)
+    assert sum(len(b) for b in batches) == len(ds)
+    b = batches[1]
+    assert b.images.shape == (2, 6, 3, 64, 112) and b.past.images.shape == (2, 2, 6, 3, 64, 112)
+    assert b.past.ego2key.shape == (2, 2, 4, 4) and b.past.valid.shape == (2, 2)
+    assert b.radar.shape[0] == 2 and b.radar.shape[2] == 7 and b.radar_mask.any(1).all()
+    assert b.lidar.shape[2] == 5 and b.lidar_mask.any(1).all()
+    assert b.gt_masks.shape == (2, 7, 200, 200) and len(b.captions) == 2
+    assert [len(c) for c in b.captions] == [len(x) for x in b.gt_boxes]
+    assert not b.cam_mask[:, b.cam_names.index("CAM_BACK")].any() and b.cam_mask.sum() == 10
+    # the loader's worker drew the same sample the main process does
+    assert torch.equal(b.images[0], ds[2].images) and torch.equal(b.bda[1], ds[3].bda)
+    moved = b.to("meta")
+    tensors = [moved.images, moved.K, moved.sensor2ego, moved.ida, moved.cam_mask, moved.radar, moved.radar_mask,
+               moved.lidar, moved.lidar_mask, moved.bda, moved.ego2global, moved.timestamps, moved.gt_masks,
+               *moved.gt_boxes, *moved.gt_labels, *moved.gt_attrs, *moved.gt_num_pts,
+               *(getattr(moved.past, f) for f in ("images", "K", "sensor2ego", "ida", "ego2key", "valid"))]
+    assert all(t.device.type == "meta" for t in tensors)
+    assert b.images.device.type == "cpu"  # .to() returns a copy

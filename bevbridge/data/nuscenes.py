@@ -165,7 +165,7 @@ class NuScenesDataset(Dataset):
         radar = lidar = None
         if self.radar_sweeps > 0:
             pts = load_radar_sweeps(self.dataroot, {r: info["radars"][r] for r in RADARS if r in info["radars"]},
-                                    ego2global, info["timestamp"], self.radar_sweeps, self.radar_features,
+                                    ego2global, info["lidar"]["timestamp"], self.radar_sweeps, self.radar_features,
                                     self.radar_filters, self.radar_velocity_compensation, sample_token=info["token"])
             if self.radar_max_points is not None and len(pts) > self.radar_max_points:
                 keep = (rng.choice(len(pts), self.radar_max_points, replace=False) if rng is not None
@@ -174,8 +174,8 @@ class NuScenesDataset(Dataset):
             vel = self._vel_cols()
             radar = torch.from_numpy(apply_bda_points(bda, pts, vel).astype(np.float32))
         if self.lidar_sweeps > 0:
-            pts = load_lidar_sweeps(self.dataroot, info["lidar"], ego2global, info["timestamp"], self.lidar_sweeps,
-                                    info["token"])
+            pts = load_lidar_sweeps(self.dataroot, info["lidar"], ego2global, info["lidar"]["timestamp"],
+                                    self.lidar_sweeps, info["token"])
             lidar = torch.from_numpy(apply_bda_points(bda, pts).astype(np.float32))
 
         anns = info["anns"]
@@ -198,7 +198,7 @@ class NuScenesDataset(Dataset):
 
         return Sample(
             token=info["token"], scene_token=info["scene_token"], location=info["location"],
-            timestamp=int(info["timestamp"]), ego2global=torch.from_numpy(ego2global),
+            timestamp=int(info["lidar"]["timestamp"]), ego2global=torch.from_numpy(ego2global),
             bda=torch.from_numpy(bda.astype(np.float32)), cam_names=self.cameras,
             images=cams["images"], K=cams["K"], sensor2ego=cams["sensor2ego"], ida=cams["ida_t"],
             cam_mask=cams["mask"], past=past, radar=radar, radar_features=self.radar_features, lidar=lidar,
