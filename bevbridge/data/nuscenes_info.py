@@ -99,15 +99,15 @@ def default_cache_path(dataroot: str | os.PathLike, version: str) -> Path:
 _NUSC: Any = None  # set in the parent before forking; shared copy-on-write by the pool's workers
 
 
-def _pose(rec: dict) -> list:
-    return pose_matrix(np.asarray(rec["translation"], np.float64), np.asarray(rec["rotation"], np.float64)).tolist()
+_POSE_KEYS = ("sensor2ego", "ego2global")
 
 
 def _sensor_record(nusc, sd_token: str) -> dict:
+    """One sample_data's file, time and calibration; its poses stay devkit records until :func:`_pose_matrices`."""
     sd = nusc.get("sample_data", sd_token)
     cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
     ep = nusc.get("ego_pose", sd["ego_pose_token"])
-    rec = {"filename": sd["filename"], "timestamp": sd["timestamp"], "sensor2ego": _pose(cs), "ego2global": _pose(ep)}
+    rec = {"filename": sd["filename"], "timestamp": sd["timestamp"], "sensor2ego": cs, "ego2global": ep}
     if cs["camera_intrinsic"]:
         rec["K"] = cs["camera_intrinsic"]
         rec["width"], rec["height"] = sd["width"], sd["height"]
@@ -123,18 +123,27 @@ def _sweeps(nusc, sd_token: str, count: int) -> list[dict]:
     return out
 
 
+def _pose_matrices(records: list[dict]) -> None:
+    """Replace the devkit pose records of ``records`` by 4x4 matrices (lists), in one vectorised call."""
+    slots = [(r, k) for r in records for k in _POSE_KEYS]
+    t = np.array([r[k]["translation"] for r, k in slots], np.float64).reshape(-1, 3)
+    q = np.array([r[k]["rotation"] for r, k in slots], np.float64).reshape(-1, 4)
+    for (r, k), m in zip(slots, pose_matrix(t, q).tolist()):
+        r[k] = m
+
+
 def _annotations(nusc, sample: dict, global2ego: np.ndarray) -> dict:
     attr_index = {name: i for i, name in enumerate(ATTRIBUTE_NAMES)}
     from nuscenes.eval.detection.utils import category_to_detection_name
 
-    boxes, cats, labels, attrs, npts, tokens, insts, vis = [], [], [], [], [], [], [], []
+    boxes, quats, cats, labels, attrs, npts, tokens, insts, vis = [], [], [], [], [], [], [], [], []
     for tok in sample["anns"]:
         a = nusc.get("sample_annotation", tok)
         w, l, h = a["size"]
         vel = nusc.box_velocity(tok)[:2]
         vel = np.where(np.isfinite(vel), vel, 0.0)
-        yaw = float(quaternion_to_yaw(np.asarray(a["rotation"], np.float64)))
-        boxes.append([*a["translation"], l, w, h, yaw, *vel])
+        boxes.append([*a["translation"], l, w, h, 0.0, *vel])
+        quats.append(a["rotation"])
         cats.append(a["category_name"])
         det = category_to_detection_name(a["category_name"])
         labels.append(DETECTION_CLASSES.index(det) if det is not None else -1)
@@ -144,7 +153,10 @@ def _annotations(nusc, sample: dict, global2ego: np.ndarray) -> dict:
         tokens.append(tok)
         insts.append(a["instance_token"])
         vis.append(a.get("visibility_token", ""))
-    boxes_ego = transform_boxes(global2ego, np.asarray(boxes, np.float64).reshape(-1, 9))
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 9)
+    if len(boxes):
+        boxes[:, 6] = quaternion_to_yaw(np.asarray(quats, np.float64))
+    boxes_ego = transform_boxes(global2ego, boxes)
     return {"boxes": boxes_ego.round(6).tolist(), "category": cats, "label": labels, "attr": attrs,
             "num_pts": npts, "tokens": tokens, "instance_tokens": insts, "visibility": vis}
 
@@ -157,14 +169,14 @@ def _extract(args: tuple[str, int, int]) -> dict:
     location = nusc.get("log", scene["log_token"])["location"]
     lidar = _sensor_record(nusc, s["data"]["LIDAR_TOP"])
     lidar["sweeps"] = _sweeps(nusc, s["data"]["LIDAR_TOP"], lidar_sweeps)[1:]
+    cams = {c: _sensor_record(nusc, s["data"][c]) for c in CAMERAS if c in s["data"]}
+    radars = {r: _sweeps(nusc, s["data"][r], radar_sweeps) for r in RADARS if r in s["data"]}
+    _pose_matrices([lidar, *lidar["sweeps"], *cams.values(), *(rec for sw in radars.values() for rec in sw)])
     global2ego = invert_transform(np.asarray(lidar["ego2global"]))
     return {
         "token": token, "scene_token": s["scene_token"], "scene_name": scene["name"], "location": location,
         "timestamp": s["timestamp"], "prev": s["prev"], "next": s["next"],
-        "lidar": lidar,
-        "cams": {c: _sensor_record(nusc, s["data"][c]) for c in CAMERAS if c in s["data"]},
-        "radars": {r: _sweeps(nusc, s["data"][r], radar_sweeps) for r in RADARS if r in s["data"]},
-        "anns": _annotations(nusc, s, global2ego),
+        "lidar": lidar, "cams": cams, "radars": radars, "anns": _annotations(nusc, s, global2ego),
     }
 
 
@@ -180,6 +192,11 @@ def build_info_cache(dataroot: str | os.PathLike, version: str, out: str | os.Pa
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
     jobs = [(t, radar_sweeps, lidar_sweeps) for t in tokens]
     _NUSC = nusc
+    import torch
+
+    threads = torch.get_num_threads()
+    # many tiny array ops: torch's spinning OpenMP threads would slow numpy's LAPACK calls (and each other) down
+    torch.set_num_threads(1)
     try:
         bar = progress(total=len(jobs), desc=f"info cache {version}", unit="sample")
         if workers > 1 and "fork" in mp.get_all_start_methods():
@@ -196,6 +213,7 @@ def build_info_cache(dataroot: str | os.PathLike, version: str, out: str | os.Pa
         bar.close()
     finally:
         _NUSC = None
+        torch.set_num_threads(threads)
     payload = {"schema": SCHEMA_VERSION, "version": version, "fingerprint": fingerprint,
                "radar_sweeps": radar_sweeps, "lidar_sweeps": lidar_sweeps, "samples": infos}
     with atomic_path(out) as tmp:
