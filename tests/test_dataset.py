@@ -6,6 +6,7 @@ import gzip
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,15 +195,19 @@ def test_clear_errors(synth_world, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(synth_world.dataroot, root)
     shutil.rmtree(root / "maps" / "expansion")
-    ds = NuScenesDataset(root, synth_world.version, synth_world.train_split, image_size=(64, 112), radar_sweeps=3,
-                         map_grid=MAP_GRID, map_classes=("walkway",))
     with pytest.raises(FileNotFoundError, match=r"map expansion missing.*nuScenes-map-expansion-v1.3"):
-        ds[0]
-    victim = root / ds.samples[0]["radars"]["RADAR_FRONT"][1]["filename"]
-    victim.unlink()
+        NuScenesDataset(root, synth_world.version, synth_world.train_split, image_size=(64, 112), radar_sweeps=3,
+                        map_grid=MAP_GRID, map_classes=("walkway",))  # maps load when the dataset opens
     ds2 = NuScenesDataset(root, synth_world.version, synth_world.train_split, image_size=(64, 112), radar_sweeps=3)
+    victim = root / ds2.samples[0]["radars"]["RADAR_FRONT"][1]["filename"]
+    victim.unlink()
     with pytest.raises(FileNotFoundError, match=f"radar sweep.*{victim.name}"):
         ds2[0]
+    for kind, rec in (("lidar sweep", ds2.samples[1]["lidar"]), ("camera image", ds2.samples[1]["cams"]["CAM_BACK"])):
+        (root / rec["filename"]).unlink()
+        with pytest.raises(FileNotFoundError, match=f"{kind}.*{Path(rec['filename']).name}"):
+            ds2[1]
+        shutil.copy(synth_world.dataroot / rec["filename"], root / rec["filename"])
 
 
 def test_radar_velocities_are_rotated_into_the_key_frame(synth_world):

@@ -126,6 +126,14 @@ class MapRasterizer:
             self._index[key] = _LayerIndex(nusc_map, layer)
         return self._index[key]
 
+    def preload(self, locations) -> None:
+        """Load the maps and build the layer indices of ``locations`` now (e.g. before DataLoader workers fork, so
+        they share them instead of each loading every map again)."""
+        for loc in locations:
+            for c in self.classes:
+                for layer in self.layers[c]:
+                    self._layer(loc, layer)
+
     def masks(self, location: str, ego2global: np.ndarray, bda: np.ndarray | None = None) -> np.ndarray:
         """``uint8 [len(classes without vehicle), H, W]`` for the key ego pose ``ego2global [4, 4]``, seen from the
         augmented frame ``bda [4, 4]`` (key ego -> augmented; None = identity)."""

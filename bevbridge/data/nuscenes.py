@@ -101,7 +101,10 @@ class NuScenesDataset(Dataset):
         if not self.samples:
             raise ValueError(f"split {split!r} has no samples in {self.dataroot / version} "
                              f"(its scenes: {sorted(scenes)[:5]}...)")
-        self._maps = MapRasterizer(self.dataroot, map_grid, self.map_classes) if map_grid is not None else None
+        self._maps = None
+        if map_grid is not None:
+            self._maps = MapRasterizer(self.dataroot, map_grid, self.map_classes)
+            self._maps.preload(sorted({s["location"] for s in self.samples}))
         self._captions = load_captions(self.dataroot, captions) if captions is not None else None
 
     # ------------------------------------------------------------------------------------------------- setup
