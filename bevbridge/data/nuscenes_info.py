@@ -218,7 +218,7 @@ def build_info_cache(dataroot: str | os.PathLike, version: str, out: str | os.Pa
                "radar_sweeps": radar_sweeps, "lidar_sweeps": lidar_sweeps, "samples": infos}
     with atomic_path(out) as tmp:
         with gzip.open(tmp, "wt", compresslevel=3) as f:
-            json.dump(payload, f, separators=(",", ":"))
+            f.write(json.dumps(payload, separators=(",", ":")))  # dumps: C encoder; dump streams in Python
     log.info("info cache: %d samples of %s in %.1f s -> %s", len(infos), version, time.perf_counter() - t0, out)
     return out
 
