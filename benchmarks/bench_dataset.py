@@ -28,7 +28,7 @@ import torch
 from bevbridge.data import nuscenes as nuscenes_module
 from bevbridge.data.bevmap import MapRasterizer
 from bevbridge.data.nuscenes import NuScenesDataset
-from bevbridge.data.nuscenes_info import build_info_cache
+from bevbridge.data.nuscenes_info import build_info_cache, load_info_cache
 from bevbridge.data.transforms import BEVAug, ImageAug
 from bevbridge.geometry import BEVGrid, transform_points
 
@@ -46,7 +46,13 @@ def bench_cache(dataroot: str, version: str, out: Path) -> list[tuple[str, str]]
         t = time.perf_counter()
         build_info_cache(dataroot, version, out, workers=workers)
         rows.append((f"info cache build, {workers} process(es)", f"{time.perf_counter() - t:.2f} s"))
-    rows.append(("info cache size", f"{out.stat().st_size / 1e6:.2f} MB"))
+    t = time.perf_counter()
+    table = load_info_cache(out, version)
+    n = len(table)
+    rows += [("info cache load", f"{time.perf_counter() - t:.3f} s"),
+             (f"info cache size ({n} samples): file / in memory",
+              f"{out.stat().st_size / 1e6:.2f} MB / {table.nbytes() / 1e6:.2f} MB "
+              f"({out.stat().st_size / n / 1e3:.1f} / {table.nbytes() / n / 1e3:.1f} KB per sample)")]
     return rows
 
 
@@ -192,7 +198,7 @@ def main() -> None:
     os.environ.setdefault("BEVBRIDGE_NO_PROGRESS", "1")
     rows: list[tuple[str, str]] = [("load average before", load())]
     with tempfile.TemporaryDirectory() as d:
-        cache = Path(d) / "infos.json.gz"
+        cache = Path(d) / "infos.npz"
         if args.getitem_only:
             build_info_cache(args.dataroot, args.version, cache)
         else:

@@ -17,6 +17,7 @@ import bevbridge.data.sweeps as sweeps_module
 from bevbridge.data.batch import DETECTION_CLASSES, collate
 from bevbridge.data.bevmap import MapRasterizer, vehicle_mask
 from bevbridge.data.cbgs import CBGSDataset
+from bevbridge.data.info_table import InfoTable
 from bevbridge.data.nuscenes import NuScenesDataset
 from bevbridge.data.nuscenes_info import (SCHEMA_VERSION, InfoCacheError, StaleInfoCache, build_info_cache,
                                           load_info_cache)
@@ -146,26 +147,63 @@ def test_augmented_sample_stays_aligned(synth_world):
 
 
 def test_info_cache_schema_version_and_sweeps_are_checked(synth_world, tmp_path):
-    path = build_info_cache(synth_world.dataroot, synth_world.version, tmp_path / "infos.json.gz", radar_sweeps=4,
+    path = build_info_cache(synth_world.dataroot, synth_world.version, tmp_path / "infos.npz", radar_sweeps=4,
                             lidar_sweeps=2, workers=2)
-    payload = load_info_cache(path, synth_world.version, 4, 2)
-    assert all(not s["lidar"]["filename"].startswith("/") for s in payload["samples"])  # relative paths only
+    table = load_info_cache(path, synth_world.version, 4, 2)
+    assert len(table) == 12 and all(not s["lidar"]["filename"].startswith("/") for s in table)  # relative paths
     with pytest.raises(InfoCacheError, match="v1.0-trainval.*rebuild"):
         load_info_cache(path, "v1.0-trainval")
     with pytest.raises(InfoCacheError, match="holds 4 radar_sweeps, 8 were asked"):
         load_info_cache(path, synth_world.version, radar_sweeps=8)
-    bad = dict(payload, schema=0)
-    with gzip.open(tmp_path / "old.json.gz", "wt") as f:
-        json.dump(bad, f)
+    InfoTable(table.a, {**table.meta, "schema": 0}).save(tmp_path / "old.npz")
     with pytest.raises(InfoCacheError, match=f"schema 0.*reads schema {SCHEMA_VERSION}.*rebuild"):
-        load_info_cache(tmp_path / "old.json.gz", synth_world.version)
+        load_info_cache(tmp_path / "old.npz", synth_world.version)
     with pytest.raises(InfoCacheError, match="schema 0.*rebuild"):  # the dataset refuses it too
-        make(synth_world, cache_path=tmp_path / "old.json.gz")
+        make(synth_world, cache_path=tmp_path / "old.npz")
+    with gzip.open(tmp_path / "old.json.gz", "wt") as f:  # a cache of the JSON era
+        json.dump({"schema": 1, "samples": []}, f)
+    with pytest.raises(InfoCacheError, match=f"not a schema-{SCHEMA_VERSION} cache.*rebuild"):
+        load_info_cache(tmp_path / "old.json.gz", synth_world.version)
     with pytest.raises(StaleInfoCache, match="built from other v1.0-mini tables"):
         load_info_cache(path, synth_world.version, fingerprint="0123")
     # too few sweeps at an explicit path: the dataset rebuilds the cache there
     ds = make(synth_world, cache_path=path, radar_sweeps=6)
-    assert load_info_cache(path, synth_world.version)["radar_sweeps"] == 10 and len(ds[0].radar)
+    assert load_info_cache(path, synth_world.version).meta["radar_sweeps"] == 10 and len(ds[0].radar)
+
+
+def test_info_table_round_trip_equals_the_devkit(synth_world, tmp_path):
+    """Every sample read back from the table matches the devkit: files, times, poses, calibration, boxes."""
+    from bevbridge.geometry import pose_matrix, quaternion_to_yaw
+
+    nusc = synth_world.nusc
+    table = load_info_cache(build_info_cache(synth_world.dataroot, synth_world.version, tmp_path / "t.npz",
+                                             radar_sweeps=3, lidar_sweeps=2), synth_world.version)
+    for s in nusc.sample:
+        info = table[table.index_of(s["token"])]
+        assert info["scene_name"] == nusc.get("scene", s["scene_token"])["name"] and info["prev"] == s["prev"]
+        for channel, rec in [("LIDAR_TOP", info["lidar"]), *info["cams"].items(),
+                             *((r, sw[0]) for r, sw in info["radars"].items())]:
+            sd = nusc.get("sample_data", s["data"][channel])
+            cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+            ep = nusc.get("ego_pose", sd["ego_pose_token"])
+            assert rec["filename"] == sd["filename"] and rec["timestamp"] == sd["timestamp"]
+            assert np.allclose(rec["sensor2ego"], pose_matrix(np.array(cs["translation"]), np.array(cs["rotation"])))
+            assert np.allclose(rec["ego2global"], pose_matrix(np.array(ep["translation"]), np.array(ep["rotation"])))
+            if channel.startswith("CAM"):
+                assert np.allclose(rec["K"], cs["camera_intrinsic"]) and rec["width"] == sd["width"]
+        older = nusc.get("sample_data", s["data"]["RADAR_FRONT"])["prev"]
+        assert len(info["radars"]["RADAR_FRONT"]) == (3 if older else 1)
+        assert [r["filename"] for r in info["lidar"]["sweeps"]] == (
+            [nusc.get("sample_data", nusc.get("sample_data", s["data"]["LIDAR_TOP"])["prev"])["filename"]])
+        anns = [nusc.get("sample_annotation", t) for t in s["anns"]]
+        assert info["anns"]["tokens"] == s["anns"] and len(info["anns"]["boxes"]) == len(anns)
+        g2e = invert_transform(info["lidar"]["ego2global"])
+        for box, a in zip(info["anns"]["boxes"], anns):
+            assert np.allclose(box[:3], transform_points(g2e, np.array([a["translation"]]))[0], atol=1e-5)
+            yaw = quaternion_to_yaw(np.array(a["rotation"])) + math.atan2(g2e[1, 0], g2e[0, 0])  # global -> ego
+            assert np.isclose(math.cos(box[6] - yaw), 1.0, atol=1e-6)
+            assert np.allclose(box[3:6], np.array(a["size"])[[1, 0, 2]])  # devkit wlh -> l, w, h
+    assert table.nbytes() < 30_000 * len(table)  # the JSON era held ~190 KB of Python objects per sample
 
 
 def test_dataloader_with_two_workers_and_cbgs(synth_world):

@@ -122,7 +122,7 @@ def test_past_frames_see_static_objects_through_ego2key(synth_world):
         for t in range(2):
             if not bool(s.past.valid[t]):
                 continue
-            prev = ds._by_token[prev["prev"]]
+            prev = ds.info(prev["prev"])
             frame = view.frame(prev["timestamp"])
             cams = view.cameras(frame)
             ego2key = s.past.ego2key[t].double().numpy()

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from bevbridge.data.batch import DETECTION_CLASSES, PastFrames, Sample
 from bevbridge.data.bevmap import VEHICLE_CATEGORY_PREFIX, MapRasterizer, vehicle_mask
 from bevbridge.data.captions import load_captions
+from bevbridge.data.info_table import InfoTable
 from bevbridge.data.nuscenes_info import (CAMERAS, RADARS, StaleInfoCache, build_info_cache, default_cache_path,
                                           load_info_cache, tables_fingerprint)
 from bevbridge.data.sweeps import load_lidar_sweeps, load_radar_sweeps
@@ -93,35 +94,36 @@ class NuScenesDataset(Dataset):
         self.seed = seed
         self.epoch = 0
 
-        infos = self._load_infos(cache_path, max(radar_sweeps, 0), max(lidar_sweeps, 1))
-        self._by_token = {s["token"]: s for s in infos}
+        self.table = self._load_infos(cache_path, max(radar_sweeps, 0), max(lidar_sweeps, 1))
         scenes = set(self._split_scenes())
-        self.samples = sorted((s for s in infos if s["scene_name"] in scenes),
-                              key=lambda s: (s["scene_name"], s["timestamp"]))
-        if not self.samples:
+        names, times = self.table.column("scene_name"), self.table.column("timestamp")
+        order = sorted((i for i, n in enumerate(names) if n in scenes), key=lambda i: (names[i], times[i]))
+        self.samples = self.table.view(order)  # sample dicts of the split, by scene and time
+        if not len(self.samples):
             raise ValueError(f"split {split!r} has no samples in {self.dataroot / version} "
                              f"(its scenes: {sorted(scenes)[:5]}...)")
         self._maps = None
         if map_grid is not None:
             self._maps = MapRasterizer(self.dataroot, map_grid, self.map_classes)
-            self._maps.preload(sorted({s["location"] for s in self.samples}))
+            locations = self.table.column("location")
+            self._maps.preload(sorted({locations[i] for i in order}))
         self._captions = load_captions(self.dataroot, captions) if captions is not None else None
 
     # ------------------------------------------------------------------------------------------------- setup
-    def _load_infos(self, cache_path, radar_sweeps: int, lidar_sweeps: int) -> list[dict]:
+    def _load_infos(self, cache_path, radar_sweeps: int, lidar_sweeps: int) -> InfoTable:
         """The cache's samples; built if missing, rebuilt if stale (other tables at this dataroot, too few sweeps)."""
         path = Path(cache_path) if cache_path is not None else default_cache_path(self.dataroot, self.version)
         fingerprint = tables_fingerprint(self.dataroot, self.version)  # clear errors for a wrong dataroot/version
         if path.is_file():
             try:
-                return load_info_cache(path, self.version, radar_sweeps, lidar_sweeps, fingerprint)["samples"]
+                return load_info_cache(path, self.version, radar_sweeps, lidar_sweeps, fingerprint)
             except StaleInfoCache as e:
                 log.warning("%s: rebuilding it", e)
         else:
             log.info("info cache %s missing: building it (once)", path)
         build_info_cache(self.dataroot, self.version, path, radar_sweeps=max(radar_sweeps, 10),
                          lidar_sweeps=max(lidar_sweeps, 10))
-        return load_info_cache(path, self.version, radar_sweeps, lidar_sweeps, fingerprint)["samples"]
+        return load_info_cache(path, self.version, radar_sweeps, lidar_sweeps, fingerprint)
 
     def _split_scenes(self) -> list[str]:
         from nuscenes.utils import splits
@@ -148,11 +150,15 @@ class NuScenesDataset(Dataset):
     def labels_per_sample(self) -> list[np.ndarray]:
         """Detection labels of each sample (after the min-points rule), for class-balanced sampling."""
         out = []
-        for s in self.samples:
-            lab = np.asarray(s["anns"]["label"], np.int64)
-            pts = np.asarray(s["anns"]["num_pts"], np.int64).reshape(-1, 2).sum(1)
-            out.append(lab[(lab >= 0) & (pts >= self.min_points)])
+        for i in self.samples.indices:
+            lab, pts = self.table.labels(i)
+            out.append(lab[(lab >= 0) & (pts.sum(1) >= self.min_points)])
         return out
+
+    def info(self, token: str) -> dict | None:
+        """The cache's record of any sample of the version (not only this split) by token, or None."""
+        i = self.table.index_of(token)
+        return self.table[i] if i is not None else None
 
     # ----------------------------------------------------------------------------------------------- loading
     def __getitem__(self, idx: int) -> Sample:
@@ -254,7 +260,7 @@ class NuScenesDataset(Dataset):
         frames, valid = [], []
         cur = info
         for _ in range(self.num_past_frames):
-            prev = self._by_token.get(cur["prev"]) if cur["prev"] else None
+            prev = self.info(cur["prev"]) if cur["prev"] else None
             valid.append(prev is not None)
             cur = prev if prev is not None else cur
             frames.append(cur)

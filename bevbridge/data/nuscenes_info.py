@@ -1,10 +1,11 @@
 """The versioned info cache: everything the dataset needs per keyframe, read once from the devkit.
 
-One gzipped JSON per (dataroot, version): sample tokens, scene/location, RELATIVE file paths (so a cache moves
-with the data), calibrations and ego poses of every camera, radar sweep and lidar sweep, and the annotations as
-9-d boxes in the key ego frame. It holds every sample of the version; splits are chosen when the dataset opens it.
+One ``.npz`` per (dataroot, version), an :class:`~bevbridge.data.info_table.InfoTable`: sample tokens,
+scene/location, RELATIVE file paths (so a cache moves with the data), calibrations and ego poses of every camera,
+radar sweep and lidar sweep, and the annotations as 9-d boxes in the key ego frame. It holds every sample of the
+version; splits are chosen when the dataset opens it.
 
-The file records ``schema`` (this module's SCHEMA_VERSION), the dataset ``version``, the sweep counts it was
+The table's meta records ``schema`` (this module's SCHEMA_VERSION), the dataset ``version``, the sweep counts it was
 built with and a ``fingerprint`` of the tables (:func:`tables_fingerprint`). Another schema or version is refused
 with a message saying how to rebuild; a stale fingerprint or too few sweeps make ``NuScenesDataset`` rebuild it.
 Building runs the per-sample extraction over a fork pool (the devkit tables are shared copy-on-write) with a
@@ -17,8 +18,6 @@ per radar (fewer at the start of a scene).
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -28,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from bevbridge.atomic import atomic_path
 from bevbridge.data.batch import ATTRIBUTE_NAMES, DETECTION_CLASSES
+from bevbridge.data.info_table import InfoTable
 from bevbridge.geometry import invert_transform, pose_matrix, quaternion_to_yaw, transform_boxes
 from bevbridge.log import progress
 
@@ -38,7 +37,7 @@ __all__ = ["SCHEMA_VERSION", "CAMERAS", "RADARS", "InfoCacheError", "StaleInfoCa
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: tables fingerprint
+SCHEMA_VERSION = 3  # 2: tables fingerprint; 3: numpy columns (.npz) instead of gzipped JSON
 CAMERAS = ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")
 RADARS = ("RADAR_FRONT", "RADAR_FRONT_LEFT", "RADAR_FRONT_RIGHT", "RADAR_BACK_LEFT", "RADAR_BACK_RIGHT")
 
@@ -83,7 +82,7 @@ def tables_fingerprint(dataroot: str | os.PathLike, version: str) -> str:
 
 
 def default_cache_path(dataroot: str | os.PathLike, version: str) -> Path:
-    """``$BEVBRIDGE_CACHE_DIR`` (default ``~/.cache/bevbridge``) / ``<version>_<dataroot hash>_infos_v<schema>.json.gz``.
+    """``$BEVBRIDGE_CACHE_DIR`` (default ``~/.cache/bevbridge``) / ``<version>_<dataroot hash>_infos_v<schema>.npz``.
 
     Outside the dataroot, which is often read-only (and must stay byte-identical for the synthetic world's checks);
     keyed by the dataroot's absolute path, so two datasets never share a cache.
@@ -92,24 +91,24 @@ def default_cache_path(dataroot: str | os.PathLike, version: str) -> Path:
 
     base = Path(os.environ.get("BEVBRIDGE_CACHE_DIR") or Path.home() / ".cache" / "bevbridge")
     key = hashlib.sha1(str(Path(dataroot).resolve()).encode()).hexdigest()[:12]
-    return base / f"{version}_{key}_infos_v{SCHEMA_VERSION}.json.gz"
+    return base / f"{version}_{key}_infos_v{SCHEMA_VERSION}.npz"
 
 
 # ----------------------------------------------------------------------------------------------------- extraction
 _NUSC: Any = None  # set in the parent before forking; shared copy-on-write by the pool's workers
 
 
-_POSE_KEYS = ("sensor2ego", "ego2global")
+def _pose7(rec: dict) -> list[float]:
+    return [*rec["translation"], *rec["rotation"]]
 
 
 def _sensor_record(nusc, sd_token: str) -> dict:
-    """One sample_data's file, time and calibration; its poses stay devkit records until :func:`_pose_matrices`."""
+    """One sample_data: its token, file, time, calibration token and ego pose (translation + quaternion)."""
     sd = nusc.get("sample_data", sd_token)
-    cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
     ep = nusc.get("ego_pose", sd["ego_pose_token"])
-    rec = {"filename": sd["filename"], "timestamp": sd["timestamp"], "sensor2ego": cs, "ego2global": ep}
-    if cs["camera_intrinsic"]:
-        rec["K"] = cs["camera_intrinsic"]
+    rec = {"token": sd_token, "filename": sd["filename"], "timestamp": sd["timestamp"],
+           "calib": sd["calibrated_sensor_token"], "ego": _pose7(ep)}
+    if sd["width"]:
         rec["width"], rec["height"] = sd["width"], sd["height"]
     return rec
 
@@ -121,15 +120,6 @@ def _sweeps(nusc, sd_token: str, count: int) -> list[dict]:
         out.append(_sensor_record(nusc, sd_token))
         sd_token = nusc.get("sample_data", sd_token)["prev"]
     return out
-
-
-def _pose_matrices(records: list[dict]) -> None:
-    """Replace the devkit pose records of ``records`` by 4x4 matrices (lists), in one vectorised call."""
-    slots = [(r, k) for r in records for k in _POSE_KEYS]
-    t = np.array([r[k]["translation"] for r, k in slots], np.float64).reshape(-1, 3)
-    q = np.array([r[k]["rotation"] for r, k in slots], np.float64).reshape(-1, 4)
-    for (r, k), m in zip(slots, pose_matrix(t, q).tolist()):
-        r[k] = m
 
 
 def _annotations(nusc, sample: dict, global2ego: np.ndarray) -> dict:
@@ -168,28 +158,32 @@ def _extract(args: tuple[str, int, int]) -> dict:
     scene = nusc.get("scene", s["scene_token"])
     location = nusc.get("log", scene["log_token"])["location"]
     lidar = _sensor_record(nusc, s["data"]["LIDAR_TOP"])
-    lidar["sweeps"] = _sweeps(nusc, s["data"]["LIDAR_TOP"], lidar_sweeps)[1:]
-    cams = {c: _sensor_record(nusc, s["data"][c]) for c in CAMERAS if c in s["data"]}
-    radars = {r: _sweeps(nusc, s["data"][r], radar_sweeps) for r in RADARS if r in s["data"]}
-    _pose_matrices([lidar, *lidar["sweeps"], *cams.values(), *(rec for sw in radars.values() for rec in sw)])
-    global2ego = invert_transform(np.asarray(lidar["ego2global"]))
+    ego = lidar["ego"]
+    global2ego = invert_transform(pose_matrix(np.asarray(ego[:3], np.float64), np.asarray(ego[3:], np.float64)))
     return {
         "token": token, "scene_token": s["scene_token"], "scene_name": scene["name"], "location": location,
-        "timestamp": s["timestamp"], "prev": s["prev"], "next": s["next"],
-        "lidar": lidar, "cams": cams, "radars": radars, "anns": _annotations(nusc, s, global2ego),
+        "timestamp": s["timestamp"], "prev": s["prev"], "next": s["next"], "lidar": lidar,
+        "lidar_sweeps": _sweeps(nusc, s["data"]["LIDAR_TOP"], lidar_sweeps)[1:],
+        "cams": {c: _sensor_record(nusc, s["data"][c]) for c in CAMERAS if c in s["data"]},
+        "radars": {r: _sweeps(nusc, s["data"][r], radar_sweeps) for r in RADARS if r in s["data"]},
+        "anns": _annotations(nusc, s, global2ego),
     }
 
 
 def build_info_cache(dataroot: str | os.PathLike, version: str, out: str | os.PathLike | None = None,
                      radar_sweeps: int = 10, lidar_sweeps: int = 10, workers: int | None = None) -> Path:
-    """Read every sample of ``version`` through the devkit and write the cache (atomically). Returns its path."""
+    """Read every sample of ``version`` through the devkit and write the cache (atomically). Returns its path.
+
+    ``workers``: processes for the extraction (default: 1 below 2,000 samples, where forking costs more than it
+    saves, else up to 8)."""
     global _NUSC
     t0 = time.perf_counter()
     out = Path(out) if out is not None else default_cache_path(dataroot, version)
     fingerprint = tables_fingerprint(dataroot, version)
     nusc = open_nuscenes(dataroot, version)
     tokens = [s["token"] for s in nusc.sample]
-    workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    if workers is None:
+        workers = 1 if len(tokens) < 2000 else min(os.cpu_count() or 1, 8)
     jobs = [(t, radar_sweeps, lidar_sweeps) for t in tokens]
     _NUSC = nusc
     import torch
@@ -214,11 +208,10 @@ def build_info_cache(dataroot: str | os.PathLike, version: str, out: str | os.Pa
     finally:
         _NUSC = None
         torch.set_num_threads(threads)
-    payload = {"schema": SCHEMA_VERSION, "version": version, "fingerprint": fingerprint,
-               "radar_sweeps": radar_sweeps, "lidar_sweeps": lidar_sweeps, "samples": infos}
-    with atomic_path(out) as tmp:
-        with gzip.open(tmp, "wt", compresslevel=3) as f:
-            f.write(json.dumps(payload, separators=(",", ":")))  # dumps: C encoder; dump streams in Python
+    calibs = {c["token"]: {"pose": _pose7(c), "K": c["camera_intrinsic"] or None} for c in nusc.calibrated_sensor}
+    meta = {"schema": SCHEMA_VERSION, "version": version, "fingerprint": fingerprint, "radar_sweeps": radar_sweeps,
+            "lidar_sweeps": lidar_sweeps, "cameras": list(CAMERAS), "radars": list(RADARS)}
+    InfoTable.pack(infos, calibs, meta).save(out)
     log.info("info cache: %d samples of %s in %.1f s -> %s", len(infos), version, time.perf_counter() - t0, out)
     return out
 
@@ -228,7 +221,7 @@ class StaleInfoCache(InfoCacheError):
 
 
 def load_info_cache(path: str | os.PathLike, version: str, radar_sweeps: int = 0, lidar_sweeps: int = 0,
-                    fingerprint: str | None = None) -> dict:
+                    fingerprint: str | None = None) -> InfoTable:
     """Load and validate a cache; refuse another schema or version (InfoCacheError), other tables than
     ``fingerprint`` (if given) or fewer sweeps than asked for (StaleInfoCache)."""
     path = Path(path)
@@ -236,19 +229,22 @@ def load_info_cache(path: str | os.PathLike, version: str, radar_sweeps: int = 0
                f"{path} and the dataset rebuilds it")
     if not path.is_file():
         raise InfoCacheError(f"info cache not found: {path}; {rebuild}")
-    with gzip.open(path, "rt") as f:
-        payload = json.load(f)
-    if payload.get("schema") != SCHEMA_VERSION:
-        raise InfoCacheError(f"info cache {path} has schema {payload.get('schema')!r}, this bevbridge reads schema "
+    try:
+        table = InfoTable.load(path)
+    except ValueError as e:
+        raise InfoCacheError(f"info cache {path} is not a schema-{SCHEMA_VERSION} cache ({e}); {rebuild}") from None
+    meta = table.meta
+    if meta.get("schema") != SCHEMA_VERSION:
+        raise InfoCacheError(f"info cache {path} has schema {meta.get('schema')!r}, this bevbridge reads schema "
                              f"{SCHEMA_VERSION}; {rebuild}")
-    if payload.get("version") != version:
-        raise InfoCacheError(f"info cache {path} is for dataset version {payload.get('version')!r}, not {version!r}; "
+    if meta.get("version") != version:
+        raise InfoCacheError(f"info cache {path} is for dataset version {meta.get('version')!r}, not {version!r}; "
                              f"{rebuild}")
-    if fingerprint is not None and payload.get("fingerprint") != fingerprint:
+    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
         raise StaleInfoCache(f"info cache {path} was built from other {version} tables (fingerprint "
-                             f"{payload.get('fingerprint')}, the dataroot's is {fingerprint}); {rebuild}")
+                             f"{meta.get('fingerprint')}, the dataroot's is {fingerprint}); {rebuild}")
     for kind, want in (("radar_sweeps", radar_sweeps), ("lidar_sweeps", lidar_sweeps)):
-        if payload.get(kind, 0) < want:
-            raise StaleInfoCache(f"info cache {path} holds {payload.get(kind)} {kind}, {want} were asked for; "
+        if meta.get(kind, 0) < want:
+            raise StaleInfoCache(f"info cache {path} holds {meta.get(kind)} {kind}, {want} were asked for; "
                                  f"{rebuild} (pass {kind}={want})")
-    return payload
+    return table
