@@ -101,7 +101,8 @@ def bench_getitem(dataroot: str, version: str, split: str, cache: Path, n: int,
     for restore in undo:
         restore()
     src = cv2.imread(str(img)).shape[:2]
-    rows = [(f"__getitem__ ({len(idx)} samples, {src[1]}x{src[0]} -> {W}x{H}), median", f"{1e3 * statistics.median(times):.1f} ms"),
+    rows = [(f"__getitem__ ({len(idx)} samples, {src[1]}x{src[0]} -> {W}x{H}), median",
+             f"{1e3 * statistics.median(times):.1f} ms"),
             ("__getitem__ mean", f"{1e3 * statistics.mean(times):.1f} ms")]
     rows += [(f"  {k} (mean)", f"{1e3 * v / len(idx):.1f} ms") for k, v in acc.items()]
     rows.append(("  mean boxes / radar points per sample", f"{np.mean(boxes):.0f} / {np.mean(radar_pts):.0f}"))

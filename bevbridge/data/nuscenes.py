@@ -3,8 +3,9 @@
     ds = NuScenesDataset("data/nuscenes", "v1.0-trainval", "train", image_size=(256, 704), num_past_frames=8,
                          radar_sweeps=8, map_grid=BEVGrid.square(51.2, 0.512), map_classes=CTAB_MAP_CLASSES)
 
-Everything comes from the versioned info cache (``nuscenes_info``; built on first use) plus the sensor files; the
-devkit is opened only to build the cache and, for map targets, as ``NuScenesMap``. Geometry follows DESIGN.md:
+Everything comes from the versioned info cache (``nuscenes_info``, an ``InfoTable``; built on first use) plus the
+sensor files; the devkit is opened only to build the cache and, for map targets, as ``NuScenesMap``. ``ds.samples[i]``
+is the cache's record of sample i (a dict), ``ds.info(token)`` that of any sample of the version. Geometry follows DESIGN.md:
 the ego frame at the keyframe's LIDAR_TOP timestamp, then the BEV augmentation ``bda``.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bevbridge.data.batch import DETECTION_CLASSES, PastFrames, Sample
+from bevbridge.data.batch import PastFrames, Sample
 from bevbridge.data.bevmap import VEHICLE_CATEGORY_PREFIX, MapRasterizer, vehicle_mask
 from bevbridge.data.captions import load_captions
 from bevbridge.data.info_table import InfoTable
@@ -44,12 +45,15 @@ class NuScenesDataset(Dataset):
         image_aug: ranges for training-time image augmentation (None: test-time resize + centre crop only).
         bev_aug: ranges for the BEV augmentation (None: identity ``bda``).
         train: sample random augmentations (False: deterministic).
-        num_past_frames: adjacent past keyframes (most recent first) with their ego-motion transforms.
-        radar_sweeps: sweeps per radar (keyframe + previous; 0 disables radar). ``radar_features``: columns.
+        num_past_frames: adjacent past keyframes (most recent first) with their ego-motion transforms, seen with the
+            key frame's ``ida`` (BEVDet4D); a camera in ``drop_cameras`` is dropped in every frame (``cam_mask``).
+        radar_sweeps: sweeps per radar, "keyframe + previous": 8 = each radar's keyframe sweep and up to 7 earlier
+            ones (fewer at a scene's start; RCBEVDet's 8); 0 disables radar. ``radar_features``: columns.
         radar_filters: the devkit's default radar filters. ``radar_max_points``: random subset in training, first
             n otherwise (None: all). ``radar_velocity_compensation``: also move older sweeps' points by v * dt.
         lidar_sweeps: LiDAR sweeps (keyframe + previous; 0 disables LiDAR).
-        map_grid, map_classes: BEV segmentation targets (``vehicle`` from boxes); None disables them.
+        map_grid, map_classes: BEV segmentation targets (``vehicle`` from boxes), drawn in the augmented frame;
+            None disables them. The maps load when the dataset opens.
         box_range: (xmin, ymin, xmax, ymax) in the augmented ego frame; boxes outside are dropped (None keeps all).
         min_points: drop boxes with fewer than this many lidar + radar points (1 = the devkit's evaluation rule).
         captions: path of a TOD3Cap-format caption JSON (relative to dataroot or absolute), or None.
@@ -195,7 +199,8 @@ class NuScenesDataset(Dataset):
         keep = (labels >= 0) & (npts.sum(1) >= self.min_points)
         if self.box_range is not None:
             x0, y0, x1, y1 = self.box_range
-            keep &= (boxes_aug[:, 0] >= x0) & (boxes_aug[:, 0] <= x1) & (boxes_aug[:, 1] >= y0) & (boxes_aug[:, 1] <= y1)
+            x, y = boxes_aug[:, 0], boxes_aug[:, 1]
+            keep &= (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
         idx_keep = np.nonzero(keep)[0]
 
         gt_masks = None
@@ -243,7 +248,8 @@ class NuScenesDataset(Dataset):
             if ida_override is not None:
                 ida = ida_override[i]
             else:
-                ida = sample_ida(img.shape[:2], self.image_aug or ImageAug(tuple(size)), rng if self.image_aug else None)
+                aug = self.image_aug or ImageAug(tuple(size))
+                ida = sample_ida(img.shape[:2], aug, rng if self.image_aug else None)
             # (warping a channel-reversed view instead costs cv2 a full-size copy: 20-30 ms at 1600x900)
             images.append(np.ascontiguousarray(warp_image(img, ida, tuple(size))[:, :, ::-1].transpose(2, 0, 1)))
             Ks.append(np.asarray(rec["K"], np.float64))
