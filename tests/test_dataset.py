@@ -6,6 +6,7 @@ import gzip
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +17,10 @@ import bevbridge.data.sweeps as sweeps_module
 from bevbridge.data.batch import DETECTION_CLASSES, collate
 from bevbridge.data.bevmap import MapRasterizer, vehicle_mask
 from bevbridge.data.cbgs import CBGSDataset
+from bevbridge.data.info_table import InfoTable
 from bevbridge.data.nuscenes import NuScenesDataset
-from bevbridge.data.nuscenes_info import InfoCacheError, build_info_cache, load_info_cache
+from bevbridge.data.nuscenes_info import (SCHEMA_VERSION, InfoCacheError, StaleInfoCache, build_info_cache,
+                                          load_info_cache)
 from bevbridge.data.transforms import BEVAug, ImageAug
 from bevbridge.geometry import BEVGrid, invert_transform, make_transform, rotation_z, transform_points
 from bevbridge.model_config import CTAB_MAP_CLASSES
@@ -138,24 +141,69 @@ def test_augmented_sample_stays_aligned(synth_world):
         d1 = dist_to_boxes(s1.radar.numpy(), s1.gt_boxes.numpy().astype(np.float64))
         scale = abs(np.linalg.det(bda[:2, :2])) ** 0.5
         assert np.allclose(d1, d0 * scale, atol=1e-3)
-        # the image augmentation is in ida: projecting a box centre with ida lands on the same object pixel colour
+        # the image augmentation is in ida (test_dataset_geometry.py checks that projections through it land on
+        # the objects in the augmented images)
         assert not torch.allclose(s1.ida, s0.ida)
 
 
 def test_info_cache_schema_version_and_sweeps_are_checked(synth_world, tmp_path):
-    path = build_info_cache(synth_world.dataroot, synth_world.version, tmp_path / "infos.json.gz", radar_sweeps=4,
+    path = build_info_cache(synth_world.dataroot, synth_world.version, tmp_path / "infos.npz", radar_sweeps=4,
                             lidar_sweeps=2, workers=2)
-    payload = load_info_cache(path, synth_world.version, 4, 2)
-    assert all(not s["lidar"]["filename"].startswith("/") for s in payload["samples"])  # relative paths only
+    table = load_info_cache(path, synth_world.version, 4, 2)
+    assert len(table) == 12 and all(not s["lidar"]["filename"].startswith("/") for s in table)  # relative paths
     with pytest.raises(InfoCacheError, match="v1.0-trainval.*rebuild"):
         load_info_cache(path, "v1.0-trainval")
     with pytest.raises(InfoCacheError, match="holds 4 radar_sweeps, 8 were asked"):
         load_info_cache(path, synth_world.version, radar_sweeps=8)
-    bad = dict(payload, schema=0)
-    with gzip.open(tmp_path / "old.json.gz", "wt") as f:
-        json.dump(bad, f)
-    with pytest.raises(InfoCacheError, match="schema 0.*reads schema 1.*rebuild"):
+    InfoTable(table.a, {**table.meta, "schema": 0}).save(tmp_path / "old.npz")
+    with pytest.raises(InfoCacheError, match=f"schema 0.*reads schema {SCHEMA_VERSION}.*rebuild"):
+        load_info_cache(tmp_path / "old.npz", synth_world.version)
+    with pytest.raises(InfoCacheError, match="schema 0.*rebuild"):  # the dataset refuses it too
+        make(synth_world, cache_path=tmp_path / "old.npz")
+    with gzip.open(tmp_path / "old.json.gz", "wt") as f:  # a cache of the JSON era
+        json.dump({"schema": 1, "samples": []}, f)
+    with pytest.raises(InfoCacheError, match=f"not a schema-{SCHEMA_VERSION} cache.*rebuild"):
         load_info_cache(tmp_path / "old.json.gz", synth_world.version)
+    with pytest.raises(StaleInfoCache, match="built from other v1.0-mini tables"):
+        load_info_cache(path, synth_world.version, fingerprint="0123")
+    # too few sweeps at an explicit path: the dataset rebuilds the cache there
+    ds = make(synth_world, cache_path=path, radar_sweeps=6)
+    assert load_info_cache(path, synth_world.version).meta["radar_sweeps"] == 10 and len(ds[0].radar)
+
+
+def test_info_table_round_trip_equals_the_devkit(synth_world, tmp_path):
+    """Every sample read back from the table matches the devkit: files, times, poses, calibration, boxes."""
+    from bevbridge.geometry import pose_matrix, quaternion_to_yaw
+
+    nusc = synth_world.nusc
+    table = load_info_cache(build_info_cache(synth_world.dataroot, synth_world.version, tmp_path / "t.npz",
+                                             radar_sweeps=3, lidar_sweeps=2), synth_world.version)
+    for s in nusc.sample:
+        info = table[table.index_of(s["token"])]
+        assert info["scene_name"] == nusc.get("scene", s["scene_token"])["name"] and info["prev"] == s["prev"]
+        for channel, rec in [("LIDAR_TOP", info["lidar"]), *info["cams"].items(),
+                             *((r, sw[0]) for r, sw in info["radars"].items())]:
+            sd = nusc.get("sample_data", s["data"][channel])
+            cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+            ep = nusc.get("ego_pose", sd["ego_pose_token"])
+            assert rec["filename"] == sd["filename"] and rec["timestamp"] == sd["timestamp"]
+            assert np.allclose(rec["sensor2ego"], pose_matrix(np.array(cs["translation"]), np.array(cs["rotation"])))
+            assert np.allclose(rec["ego2global"], pose_matrix(np.array(ep["translation"]), np.array(ep["rotation"])))
+            if channel.startswith("CAM"):
+                assert np.allclose(rec["K"], cs["camera_intrinsic"]) and rec["width"] == sd["width"]
+        older = nusc.get("sample_data", s["data"]["RADAR_FRONT"])["prev"]
+        assert len(info["radars"]["RADAR_FRONT"]) == (3 if older else 1)
+        assert [r["filename"] for r in info["lidar"]["sweeps"]] == (
+            [nusc.get("sample_data", nusc.get("sample_data", s["data"]["LIDAR_TOP"])["prev"])["filename"]])
+        anns = [nusc.get("sample_annotation", t) for t in s["anns"]]
+        assert info["anns"]["tokens"] == s["anns"] and len(info["anns"]["boxes"]) == len(anns)
+        g2e = invert_transform(info["lidar"]["ego2global"])
+        for box, a in zip(info["anns"]["boxes"], anns):
+            assert np.allclose(box[:3], transform_points(g2e, np.array([a["translation"]]))[0], atol=1e-5)
+            yaw = quaternion_to_yaw(np.array(a["rotation"])) + math.atan2(g2e[1, 0], g2e[0, 0])  # global -> ego
+            assert np.isclose(math.cos(box[6] - yaw), 1.0, atol=1e-6)
+            assert np.allclose(box[3:6], np.array(a["size"])[[1, 0, 2]])  # devkit wlh -> l, w, h
+    assert table.nbytes() < 30_000 * len(table)  # the JSON era held ~190 KB of Python objects per sample
 
 
 def test_dataloader_with_two_workers_and_cbgs(synth_world):
@@ -185,15 +233,19 @@ def test_clear_errors(synth_world, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(synth_world.dataroot, root)
     shutil.rmtree(root / "maps" / "expansion")
-    ds = NuScenesDataset(root, synth_world.version, synth_world.train_split, image_size=(64, 112), radar_sweeps=3,
-                         map_grid=MAP_GRID, map_classes=("walkway",))
     with pytest.raises(FileNotFoundError, match=r"map expansion missing.*nuScenes-map-expansion-v1.3"):
-        ds[0]
-    victim = root / ds.samples[0]["radars"]["RADAR_FRONT"][1]["filename"]
-    victim.unlink()
+        NuScenesDataset(root, synth_world.version, synth_world.train_split, image_size=(64, 112), radar_sweeps=3,
+                        map_grid=MAP_GRID, map_classes=("walkway",))  # maps load when the dataset opens
     ds2 = NuScenesDataset(root, synth_world.version, synth_world.train_split, image_size=(64, 112), radar_sweeps=3)
+    victim = root / ds2.samples[0]["radars"]["RADAR_FRONT"][1]["filename"]
+    victim.unlink()
     with pytest.raises(FileNotFoundError, match=f"radar sweep.*{victim.name}"):
         ds2[0]
+    for kind, rec in (("lidar sweep", ds2.samples[1]["lidar"]), ("camera image", ds2.samples[1]["cams"]["CAM_BACK"])):
+        (root / rec["filename"]).unlink()
+        with pytest.raises(FileNotFoundError, match=f"{kind}.*{Path(rec['filename']).name}"):
+            ds2[1]
+        shutil.copy(synth_world.dataroot / rec["filename"], root / rec["filename"])
 
 
 def test_radar_velocities_are_rotated_into_the_key_frame(synth_world):
@@ -212,3 +264,63 @@ def test_radar_velocities_are_rotated_into_the_key_frame(synth_world):
             errors += list(np.linalg.norm(p[on, 3:5] - radial, axis=1))
     errors = np.asarray(errors)
     assert len(errors) > 50 and (errors < 0.5).mean() > 0.6, ((errors < 0.5).mean(), len(errors))
+
+
+def test_a_regenerated_dataroot_does_not_reuse_a_stale_cache(tmp_path):
+    """The default cache is keyed by the dataroot's path; the tables' fingerprint catches new data at the same path
+    (e.g. `bevbridge synth` run again with other parameters) and the cache is rebuilt."""
+    from bevbridge.data import synth
+
+    root = tmp_path / "w"
+    params = dict(scenes=1, samples_per_scene=2, image_size=(32, 64), version="v1.0-mini")
+    synth.generate(root, seed=1, **params)
+    first = NuScenesDataset(root, "v1.0-mini", synth.TRAIN_SPLIT, image_size=None, radar_sweeps=1)
+    synth.generate(root, seed=2, **params)
+    second = NuScenesDataset(root, "v1.0-mini", synth.TRAIN_SPLIT, image_size=None, radar_sweeps=1)
+    tokens = json.loads((root / "v1.0-mini" / "sample.json").read_text())
+    assert {s["token"] for s in second.samples} == {s["token"] for s in tokens}
+    assert {s["token"] for s in first.samples}.isdisjoint(s["token"] for s in second.samples)
+    second[0]
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index(synth_world):
+    """Same (seed, epoch, index) -> the same sample, whichever dataset object or worker draws it; set_epoch and
+    another seed change the draws; train=False draws nothing."""
+    kw = dict(bev_aug=BEVAug(), image_aug=ImageAug((64, 112)), train=True, radar_max_points=40, seed=7)
+    a, b = make(synth_world, **kw), make(synth_world, **kw)
+    s0, s1 = a[3], b[3]
+    for f in ("images", "ida", "bda", "radar", "lidar", "gt_boxes"):
+        assert torch.equal(getattr(s0, f), getattr(s1, f)), f
+    b.set_epoch(1)
+    s2 = b[3]
+    assert not torch.equal(s0.bda, s2.bda) and not torch.equal(s0.ida, s2.ida)
+    assert not torch.equal(make(synth_world, **{**kw, "seed": 8})[3].bda, s0.bda)
+    assert not torch.equal(a[2].bda, s0.bda)
+    test = make(synth_world, **{**kw, "train": False})
+    assert torch.equal(test[3].bda, torch.eye(4)) and torch.equal(test[3].ida, make(synth_world)[3].ida)
+
+
+def test_every_modality_through_a_two_worker_loader_and_batch_to(synth_world):
+    ds = make(synth_world, num_past_frames=2, radar_sweeps=8, lidar_sweeps=2, map_grid=MAP_GRID,
+              map_classes=CTAB_MAP_CLASSES, captions=f"{synth_world.version}/final_caption_bbox_token.json",
+              bev_aug=BEVAug(), image_aug=ImageAug((64, 112)), train=True, drop_cameras=("CAM_BACK",))
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate, shuffle=False)
+    batches = list(loader)
+    assert sum(len(b) for b in batches) == len(ds)
+    b = batches[1]
+    assert b.images.shape == (2, 6, 3, 64, 112) and b.past.images.shape == (2, 2, 6, 3, 64, 112)
+    assert b.past.ego2key.shape == (2, 2, 4, 4) and b.past.valid.shape == (2, 2)
+    assert b.radar.shape[0] == 2 and b.radar.shape[2] == 7 and b.radar_mask.any(1).all()
+    assert b.lidar.shape[2] == 5 and b.lidar_mask.any(1).all()
+    assert b.gt_masks.shape == (2, 7, 200, 200) and len(b.captions) == 2
+    assert [len(c) for c in b.captions] == [len(x) for x in b.gt_boxes]
+    assert not b.cam_mask[:, b.cam_names.index("CAM_BACK")].any() and b.cam_mask.sum() == 10
+    # the loader's worker drew the same sample the main process does
+    assert torch.equal(b.images[0], ds[2].images) and torch.equal(b.bda[1], ds[3].bda)
+    moved = b.to("meta")
+    tensors = [moved.images, moved.K, moved.sensor2ego, moved.ida, moved.cam_mask, moved.radar, moved.radar_mask,
+               moved.lidar, moved.lidar_mask, moved.bda, moved.ego2global, moved.timestamps, moved.gt_masks,
+               *moved.gt_boxes, *moved.gt_labels, *moved.gt_attrs, *moved.gt_num_pts,
+               *(getattr(moved.past, f) for f in ("images", "K", "sensor2ego", "ida", "ego2key", "valid"))]
+    assert all(t.device.type == "meta" for t in tensors)
+    assert b.images.device.type == "cpu"  # .to() returns a copy

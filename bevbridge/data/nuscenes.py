@@ -3,8 +3,9 @@
     ds = NuScenesDataset("data/nuscenes", "v1.0-trainval", "train", image_size=(256, 704), num_past_frames=8,
                          radar_sweeps=8, map_grid=BEVGrid.square(51.2, 0.512), map_classes=CTAB_MAP_CLASSES)
 
-Everything comes from the versioned info cache (``nuscenes_info``; built on first use) plus the sensor files; the
-devkit is opened only to build the cache and, for map targets, as ``NuScenesMap``. Geometry follows DESIGN.md:
+Everything comes from the versioned info cache (``nuscenes_info``, an ``InfoTable``; built on first use) plus the
+sensor files; the devkit is opened only to build the cache and, for map targets, as ``NuScenesMap``. ``ds.samples[i]``
+is the cache's record of sample i (a dict), ``ds.info(token)`` that of any sample of the version. Geometry follows DESIGN.md:
 the ego frame at the keyframe's LIDAR_TOP timestamp, then the BEV augmentation ``bda``.
 """
 
@@ -18,14 +19,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bevbridge.data.batch import DETECTION_CLASSES, PastFrames, Sample
+from bevbridge.data.batch import PastFrames, Sample
 from bevbridge.data.bevmap import VEHICLE_CATEGORY_PREFIX, MapRasterizer, vehicle_mask
 from bevbridge.data.captions import load_captions
-from bevbridge.data.nuscenes_info import (CAMERAS, RADARS, InfoCacheError, build_info_cache, default_cache_path,
-                                          load_info_cache, open_nuscenes)
+from bevbridge.data.info_table import InfoTable
+from bevbridge.data.nuscenes_info import (CAMERAS, RADARS, StaleInfoCache, build_info_cache, default_cache_path,
+                                          load_info_cache, tables_fingerprint)
 from bevbridge.data.sweeps import load_lidar_sweeps, load_radar_sweeps
-from bevbridge.data.transforms import (BEVAug, ImageAug, apply_bda_boxes, apply_bda_masks, apply_bda_points,
-                                       sample_bda, sample_ida, warp_image)
+from bevbridge.data.transforms import (BEVAug, ImageAug, apply_bda_boxes, apply_bda_points, sample_bda, sample_ida,
+                                       warp_image)
 from bevbridge.geometry import BEVGrid, invert_transform
 
 __all__ = ["NuScenesDataset"]
@@ -43,12 +45,15 @@ class NuScenesDataset(Dataset):
         image_aug: ranges for training-time image augmentation (None: test-time resize + centre crop only).
         bev_aug: ranges for the BEV augmentation (None: identity ``bda``).
         train: sample random augmentations (False: deterministic).
-        num_past_frames: adjacent past keyframes (most recent first) with their ego-motion transforms.
-        radar_sweeps: sweeps per radar (keyframe + previous; 0 disables radar). ``radar_features``: columns.
+        num_past_frames: adjacent past keyframes (most recent first) with their ego-motion transforms, seen with the
+            key frame's ``ida`` (BEVDet4D); a camera in ``drop_cameras`` is dropped in every frame (``cam_mask``).
+        radar_sweeps: sweeps per radar, "keyframe + previous": 8 = each radar's keyframe sweep and up to 7 earlier
+            ones (fewer at a scene's start; RCBEVDet's 8); 0 disables radar. ``radar_features``: columns.
         radar_filters: the devkit's default radar filters. ``radar_max_points``: random subset in training, first
             n otherwise (None: all). ``radar_velocity_compensation``: also move older sweeps' points by v * dt.
         lidar_sweeps: LiDAR sweeps (keyframe + previous; 0 disables LiDAR).
-        map_grid, map_classes: BEV segmentation targets (``vehicle`` from boxes); None disables them.
+        map_grid, map_classes: BEV segmentation targets (``vehicle`` from boxes), drawn in the augmented frame;
+            None disables them. The maps load when the dataset opens.
         box_range: (xmin, ymin, xmax, ymax) in the augmented ego frame; boxes outside are dropped (None keeps all).
         min_points: drop boxes with fewer than this many lidar + radar points (1 = the devkit's evaluation rule).
         captions: path of a TOD3Cap-format caption JSON (relative to dataroot or absolute), or None.
@@ -95,26 +100,36 @@ class NuScenesDataset(Dataset):
         self.seed = seed
         self.epoch = 0
 
-        infos = self._load_infos(cache_path, max(radar_sweeps, 0), max(lidar_sweeps, 1))
-        self._by_token = {s["token"]: s for s in infos}
+        self.table = self._load_infos(cache_path, max(radar_sweeps, 0), max(lidar_sweeps, 1))
         scenes = set(self._split_scenes())
-        self.samples = sorted((s for s in infos if s["scene_name"] in scenes),
-                              key=lambda s: (s["scene_name"], s["timestamp"]))
-        if not self.samples:
+        names, times = self.table.column("scene_name"), self.table.column("timestamp")
+        order = sorted((i for i, n in enumerate(names) if n in scenes), key=lambda i: (names[i], times[i]))
+        self.samples = self.table.view(order)  # sample dicts of the split, by scene and time
+        if not len(self.samples):
             raise ValueError(f"split {split!r} has no samples in {self.dataroot / version} "
                              f"(its scenes: {sorted(scenes)[:5]}...)")
-        self._maps = MapRasterizer(self.dataroot, map_grid, self.map_classes) if map_grid is not None else None
+        self._maps = None
+        if map_grid is not None:
+            self._maps = MapRasterizer(self.dataroot, map_grid, self.map_classes)
+            locations = self.table.column("location")
+            self._maps.preload(sorted({locations[i] for i in order}))
         self._captions = load_captions(self.dataroot, captions) if captions is not None else None
 
     # ------------------------------------------------------------------------------------------------- setup
-    def _load_infos(self, cache_path, radar_sweeps: int, lidar_sweeps: int) -> list[dict]:
+    def _load_infos(self, cache_path, radar_sweeps: int, lidar_sweeps: int) -> InfoTable:
+        """The cache's samples; built if missing, rebuilt if stale (other tables at this dataroot, too few sweeps)."""
         path = Path(cache_path) if cache_path is not None else default_cache_path(self.dataroot, self.version)
-        if not path.is_file():
+        fingerprint = tables_fingerprint(self.dataroot, self.version)  # clear errors for a wrong dataroot/version
+        if path.is_file():
+            try:
+                return load_info_cache(path, self.version, radar_sweeps, lidar_sweeps, fingerprint)
+            except StaleInfoCache as e:
+                log.warning("%s: rebuilding it", e)
+        else:
             log.info("info cache %s missing: building it (once)", path)
-            open_nuscenes(self.dataroot, self.version)  # clear errors for a wrong dataroot/version first
-            build_info_cache(self.dataroot, self.version, path, radar_sweeps=max(radar_sweeps, 10),
-                             lidar_sweeps=max(lidar_sweeps, 10))
-        return load_info_cache(path, self.version, radar_sweeps, lidar_sweeps)["samples"]
+        build_info_cache(self.dataroot, self.version, path, radar_sweeps=max(radar_sweeps, 10),
+                         lidar_sweeps=max(lidar_sweeps, 10))
+        return load_info_cache(path, self.version, radar_sweeps, lidar_sweeps, fingerprint)
 
     def _split_scenes(self) -> list[str]:
         from nuscenes.utils import splits
@@ -141,11 +156,15 @@ class NuScenesDataset(Dataset):
     def labels_per_sample(self) -> list[np.ndarray]:
         """Detection labels of each sample (after the min-points rule), for class-balanced sampling."""
         out = []
-        for s in self.samples:
-            lab = np.asarray(s["anns"]["label"], np.int64)
-            pts = np.asarray(s["anns"]["num_pts"], np.int64).reshape(-1, 2).sum(1)
-            out.append(lab[(lab >= 0) & (pts >= self.min_points)])
+        for i in self.samples.indices:
+            lab, pts = self.table.labels(i)
+            out.append(lab[(lab >= 0) & (pts.sum(1) >= self.min_points)])
         return out
+
+    def info(self, token: str) -> dict | None:
+        """The cache's record of any sample of the version (not only this split) by token, or None."""
+        i = self.table.index_of(token)
+        return self.table[i] if i is not None else None
 
     # ----------------------------------------------------------------------------------------------- loading
     def __getitem__(self, idx: int) -> Sample:
@@ -164,7 +183,7 @@ class NuScenesDataset(Dataset):
         radar = lidar = None
         if self.radar_sweeps > 0:
             pts = load_radar_sweeps(self.dataroot, {r: info["radars"][r] for r in RADARS if r in info["radars"]},
-                                    ego2global, info["timestamp"], self.radar_sweeps, self.radar_features,
+                                    ego2global, info["lidar"]["timestamp"], self.radar_sweeps, self.radar_features,
                                     self.radar_filters, self.radar_velocity_compensation, sample_token=info["token"])
             if self.radar_max_points is not None and len(pts) > self.radar_max_points:
                 keep = (rng.choice(len(pts), self.radar_max_points, replace=False) if rng is not None
@@ -173,8 +192,8 @@ class NuScenesDataset(Dataset):
             vel = self._vel_cols()
             radar = torch.from_numpy(apply_bda_points(bda, pts, vel).astype(np.float32))
         if self.lidar_sweeps > 0:
-            pts = load_lidar_sweeps(self.dataroot, info["lidar"], ego2global, info["timestamp"], self.lidar_sweeps,
-                                    info["token"])
+            pts = load_lidar_sweeps(self.dataroot, info["lidar"], ego2global, info["lidar"]["timestamp"],
+                                    self.lidar_sweeps, info["token"])
             lidar = torch.from_numpy(apply_bda_points(bda, pts).astype(np.float32))
 
         anns = info["anns"]
@@ -185,7 +204,8 @@ class NuScenesDataset(Dataset):
         keep = (labels >= 0) & (npts.sum(1) >= self.min_points)
         if self.box_range is not None:
             x0, y0, x1, y1 = self.box_range
-            keep &= (boxes_aug[:, 0] >= x0) & (boxes_aug[:, 0] <= x1) & (boxes_aug[:, 1] >= y0) & (boxes_aug[:, 1] <= y1)
+            x, y = boxes_aug[:, 0], boxes_aug[:, 1]
+            keep &= (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
         idx_keep = np.nonzero(keep)[0]
 
         gt_masks = None
@@ -197,7 +217,7 @@ class NuScenesDataset(Dataset):
 
         return Sample(
             token=info["token"], scene_token=info["scene_token"], location=info["location"],
-            timestamp=int(info["timestamp"]), ego2global=torch.from_numpy(ego2global),
+            timestamp=int(info["lidar"]["timestamp"]), ego2global=torch.from_numpy(ego2global),
             bda=torch.from_numpy(bda.astype(np.float32)), cam_names=self.cameras,
             images=cams["images"], K=cams["K"], sensor2ego=cams["sensor2ego"], ida=cams["ida_t"],
             cam_mask=cams["mask"], past=past, radar=radar, radar_features=self.radar_features, lidar=lidar,
@@ -226,16 +246,17 @@ class NuScenesDataset(Dataset):
             if dropped:
                 img = np.zeros((rec["height"], rec["width"], 3), np.uint8)
             else:
-                img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                img = cv2.imread(str(path), cv2.IMREAD_COLOR)  # BGR; made RGB after the warp, on the small image
                 if img is None:
                     raise FileNotFoundError(f"camera image missing or unreadable: {path} (sample {info['token']})")
-                img = img[:, :, ::-1]
             size = self.image_size or img.shape[:2]
             if ida_override is not None:
                 ida = ida_override[i]
             else:
-                ida = sample_ida(img.shape[:2], self.image_aug or ImageAug(tuple(size)), rng if self.image_aug else None)
-            images.append(np.ascontiguousarray(warp_image(img, ida, tuple(size)).transpose(2, 0, 1)))
+                aug = self.image_aug or ImageAug(tuple(size))
+                ida = sample_ida(img.shape[:2], aug, rng if self.image_aug else None)
+            # (warping a channel-reversed view instead costs cv2 a full-size copy: 20-30 ms at 1600x900)
+            images.append(np.ascontiguousarray(warp_image(img, ida, tuple(size))[:, :, ::-1].transpose(2, 0, 1)))
             Ks.append(np.asarray(rec["K"], np.float64))
             s2e.append(global2frame @ np.asarray(rec["ego2global"]) @ np.asarray(rec["sensor2ego"]))
             idas.append(ida)
@@ -250,7 +271,7 @@ class NuScenesDataset(Dataset):
         frames, valid = [], []
         cur = info
         for _ in range(self.num_past_frames):
-            prev = self._by_token.get(cur["prev"]) if cur["prev"] else None
+            prev = self.info(cur["prev"]) if cur["prev"] else None
             valid.append(prev is not None)
             cur = prev if prev is not None else cur
             frames.append(cur)
@@ -268,8 +289,7 @@ class NuScenesDataset(Dataset):
 
     def _map_targets(self, info: dict, ego2global: np.ndarray, bda: np.ndarray, boxes_aug: np.ndarray) -> np.ndarray:
         grid = self.map_grid
-        maps = self._maps.masks(info["location"], ego2global)
-        maps = apply_bda_masks(bda, maps, grid)
+        maps = self._maps.masks(info["location"], ego2global, bda)
         out = np.zeros((len(self.map_classes), grid.H, grid.W), np.uint8)
         j = 0
         for i, c in enumerate(self.map_classes):

@@ -1,18 +1,23 @@
 """The versioned info cache: everything the dataset needs per keyframe, read once from the devkit.
 
-One gzipped JSON per (dataroot, version): sample tokens, scene/location, RELATIVE file paths (so a cache moves
-with the data), calibrations and ego poses of every camera, radar sweep and lidar sweep, and the annotations as
-9-d boxes in the key ego frame. It holds every sample of the version; splits are chosen when the dataset opens it.
+One ``.npz`` per (dataroot, version), an :class:`~bevbridge.data.info_table.InfoTable`: sample tokens,
+scene/location, RELATIVE file paths (so a cache moves with the data), calibrations and ego poses of every camera,
+radar sweep and lidar sweep, and the annotations as 9-d boxes in the key ego frame. It holds every sample of the
+version; splits are chosen when the dataset opens it.
 
-The file records ``schema`` (this module's SCHEMA_VERSION), the dataset ``version`` and the sweep counts it was
-built with; a cache that disagrees is refused with a message saying how to rebuild it. Building runs the per-sample
-extraction over a fork pool (the devkit tables are shared copy-on-write) with a progress bar.
+The table's meta records ``schema`` (this module's SCHEMA_VERSION), the dataset ``version``, the sweep counts it was
+built with and a ``fingerprint`` of the tables (:func:`tables_fingerprint`). Another schema or version is refused
+with a message saying how to rebuild; a stale fingerprint or too few sweeps make ``NuScenesDataset`` rebuild it.
+Building runs the per-sample extraction over a fork pool (the devkit tables are shared copy-on-write) with a
+progress bar.
+
+Sweeps are stored "keyframe + previous": a sensor's keyframe sample_data and the ones before it (following
+``prev``, within the scene), most recent first; ``radar_sweeps=8`` means the keyframe sweep and up to 7 earlier ones
+per radar (fewer at the start of a scene).
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -22,17 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from bevbridge.atomic import atomic_path
 from bevbridge.data.batch import ATTRIBUTE_NAMES, DETECTION_CLASSES
+from bevbridge.data.info_table import InfoTable
 from bevbridge.geometry import invert_transform, pose_matrix, quaternion_to_yaw, transform_boxes
 from bevbridge.log import progress
 
-__all__ = ["SCHEMA_VERSION", "CAMERAS", "RADARS", "InfoCacheError", "open_nuscenes", "build_info_cache",
-           "load_info_cache", "default_cache_path"]
+__all__ = ["SCHEMA_VERSION", "CAMERAS", "RADARS", "InfoCacheError", "StaleInfoCache", "check_dataroot", "open_nuscenes",
+           "tables_fingerprint", "build_info_cache", "load_info_cache", "default_cache_path"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3  # 2: tables fingerprint; 3: numpy columns (.npz) instead of gzipped JSON
 CAMERAS = ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")
 RADARS = ("RADAR_FRONT", "RADAR_FRONT_LEFT", "RADAR_FRONT_RIGHT", "RADAR_BACK_LEFT", "RADAR_BACK_RIGHT")
 
@@ -41,8 +46,8 @@ class InfoCacheError(RuntimeError):
     """The cache is missing, stale or from another schema/version; the message says how to rebuild it."""
 
 
-def open_nuscenes(dataroot: str | os.PathLike, version: str):
-    """``NuScenes(version, dataroot)`` with clear errors for a wrong dataroot or a missing version folder."""
+def check_dataroot(dataroot: str | os.PathLike, version: str) -> Path:
+    """Clear errors for a wrong dataroot or a missing version folder (without loading the tables)."""
     root = Path(dataroot)
     if not root.is_dir():
         raise FileNotFoundError(f"nuScenes dataroot does not exist: {root} (data.dataroot; run `bevbridge synth "
@@ -51,13 +56,33 @@ def open_nuscenes(dataroot: str | os.PathLike, version: str):
         present = sorted(p.name for p in root.iterdir() if (p / "sample.json").is_file())
         raise FileNotFoundError(f"nuScenes version folder missing: {root / version}/sample.json not found "
                                 f"(data.version={version!r}; versions present under {root}: {present or 'none'})")
+    return root
+
+
+def open_nuscenes(dataroot: str | os.PathLike, version: str):
+    """``NuScenes(version, dataroot)`` with clear errors for a wrong dataroot or a missing version folder."""
+    root = check_dataroot(dataroot, version)
     from nuscenes.nuscenes import NuScenes
 
     return NuScenes(version=version, dataroot=str(root), verbose=False)
 
 
+def tables_fingerprint(dataroot: str | os.PathLike, version: str) -> str:
+    """A cheap identity of a version's tables: the name and size of every ``*.json`` table plus a hash of
+    ``sample.json`` (about 10 MB for trainval). Changes when the data at a path is replaced (e.g. another synthetic
+    world written to the same folder); an identical regeneration keeps it."""
+    import hashlib
+
+    folder = check_dataroot(dataroot, version) / version
+    h = hashlib.sha1()
+    for p in sorted(folder.glob("*.json")):
+        h.update(f"{p.name}:{p.stat().st_size};".encode())
+    h.update(hashlib.sha1((folder / "sample.json").read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
 def default_cache_path(dataroot: str | os.PathLike, version: str) -> Path:
-    """``$BEVBRIDGE_CACHE_DIR`` (default ``~/.cache/bevbridge``) / ``<version>_<dataroot hash>_infos_v<schema>.json.gz``.
+    """``$BEVBRIDGE_CACHE_DIR`` (default ``~/.cache/bevbridge``) / ``<version>_<dataroot hash>_infos_v<schema>.npz``.
 
     Outside the dataroot, which is often read-only (and must stay byte-identical for the synthetic world's checks);
     keyed by the dataroot's absolute path, so two datasets never share a cache.
@@ -66,24 +91,24 @@ def default_cache_path(dataroot: str | os.PathLike, version: str) -> Path:
 
     base = Path(os.environ.get("BEVBRIDGE_CACHE_DIR") or Path.home() / ".cache" / "bevbridge")
     key = hashlib.sha1(str(Path(dataroot).resolve()).encode()).hexdigest()[:12]
-    return base / f"{version}_{key}_infos_v{SCHEMA_VERSION}.json.gz"
+    return base / f"{version}_{key}_infos_v{SCHEMA_VERSION}.npz"
 
 
 # ----------------------------------------------------------------------------------------------------- extraction
 _NUSC: Any = None  # set in the parent before forking; shared copy-on-write by the pool's workers
 
 
-def _pose(rec: dict) -> list:
-    return pose_matrix(np.asarray(rec["translation"], np.float64), np.asarray(rec["rotation"], np.float64)).tolist()
+def _pose7(rec: dict) -> list[float]:
+    return [*rec["translation"], *rec["rotation"]]
 
 
 def _sensor_record(nusc, sd_token: str) -> dict:
+    """One sample_data: its token, file, time, calibration token and ego pose (translation + quaternion)."""
     sd = nusc.get("sample_data", sd_token)
-    cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
     ep = nusc.get("ego_pose", sd["ego_pose_token"])
-    rec = {"filename": sd["filename"], "timestamp": sd["timestamp"], "sensor2ego": _pose(cs), "ego2global": _pose(ep)}
-    if cs["camera_intrinsic"]:
-        rec["K"] = cs["camera_intrinsic"]
+    rec = {"token": sd_token, "filename": sd["filename"], "timestamp": sd["timestamp"],
+           "calib": sd["calibrated_sensor_token"], "ego": _pose7(ep)}
+    if sd["width"]:
         rec["width"], rec["height"] = sd["width"], sd["height"]
     return rec
 
@@ -101,14 +126,14 @@ def _annotations(nusc, sample: dict, global2ego: np.ndarray) -> dict:
     attr_index = {name: i for i, name in enumerate(ATTRIBUTE_NAMES)}
     from nuscenes.eval.detection.utils import category_to_detection_name
 
-    boxes, cats, labels, attrs, npts, tokens, insts, vis = [], [], [], [], [], [], [], []
+    boxes, quats, cats, labels, attrs, npts, tokens, insts, vis = [], [], [], [], [], [], [], [], []
     for tok in sample["anns"]:
         a = nusc.get("sample_annotation", tok)
         w, l, h = a["size"]
         vel = nusc.box_velocity(tok)[:2]
         vel = np.where(np.isfinite(vel), vel, 0.0)
-        yaw = float(quaternion_to_yaw(np.asarray(a["rotation"], np.float64)))
-        boxes.append([*a["translation"], l, w, h, yaw, *vel])
+        boxes.append([*a["translation"], l, w, h, 0.0, *vel])
+        quats.append(a["rotation"])
         cats.append(a["category_name"])
         det = category_to_detection_name(a["category_name"])
         labels.append(DETECTION_CLASSES.index(det) if det is not None else -1)
@@ -118,7 +143,10 @@ def _annotations(nusc, sample: dict, global2ego: np.ndarray) -> dict:
         tokens.append(tok)
         insts.append(a["instance_token"])
         vis.append(a.get("visibility_token", ""))
-    boxes_ego = transform_boxes(global2ego, np.asarray(boxes, np.float64).reshape(-1, 9))
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 9)
+    if len(boxes):
+        boxes[:, 6] = quaternion_to_yaw(np.asarray(quats, np.float64))
+    boxes_ego = transform_boxes(global2ego, boxes)
     return {"boxes": boxes_ego.round(6).tolist(), "category": cats, "label": labels, "attr": attrs,
             "num_pts": npts, "tokens": tokens, "instance_tokens": insts, "visibility": vis}
 
@@ -130,12 +158,12 @@ def _extract(args: tuple[str, int, int]) -> dict:
     scene = nusc.get("scene", s["scene_token"])
     location = nusc.get("log", scene["log_token"])["location"]
     lidar = _sensor_record(nusc, s["data"]["LIDAR_TOP"])
-    lidar["sweeps"] = _sweeps(nusc, s["data"]["LIDAR_TOP"], lidar_sweeps)[1:]
-    global2ego = invert_transform(np.asarray(lidar["ego2global"]))
+    ego = lidar["ego"]
+    global2ego = invert_transform(pose_matrix(np.asarray(ego[:3], np.float64), np.asarray(ego[3:], np.float64)))
     return {
         "token": token, "scene_token": s["scene_token"], "scene_name": scene["name"], "location": location,
-        "timestamp": s["timestamp"], "prev": s["prev"], "next": s["next"],
-        "lidar": lidar,
+        "timestamp": s["timestamp"], "prev": s["prev"], "next": s["next"], "lidar": lidar,
+        "lidar_sweeps": _sweeps(nusc, s["data"]["LIDAR_TOP"], lidar_sweeps)[1:],
         "cams": {c: _sensor_record(nusc, s["data"][c]) for c in CAMERAS if c in s["data"]},
         "radars": {r: _sweeps(nusc, s["data"][r], radar_sweeps) for r in RADARS if r in s["data"]},
         "anns": _annotations(nusc, s, global2ego),
@@ -144,15 +172,25 @@ def _extract(args: tuple[str, int, int]) -> dict:
 
 def build_info_cache(dataroot: str | os.PathLike, version: str, out: str | os.PathLike | None = None,
                      radar_sweeps: int = 10, lidar_sweeps: int = 10, workers: int | None = None) -> Path:
-    """Read every sample of ``version`` through the devkit and write the cache (atomically). Returns its path."""
+    """Read every sample of ``version`` through the devkit and write the cache (atomically). Returns its path.
+
+    ``workers``: processes for the extraction (default: 1 below 2,000 samples, where forking costs more than it
+    saves, else up to 8)."""
     global _NUSC
     t0 = time.perf_counter()
     out = Path(out) if out is not None else default_cache_path(dataroot, version)
+    fingerprint = tables_fingerprint(dataroot, version)
     nusc = open_nuscenes(dataroot, version)
     tokens = [s["token"] for s in nusc.sample]
-    workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    if workers is None:
+        workers = 1 if len(tokens) < 2000 else min(os.cpu_count() or 1, 8)
     jobs = [(t, radar_sweeps, lidar_sweeps) for t in tokens]
     _NUSC = nusc
+    import torch
+
+    threads = torch.get_num_threads()
+    # many tiny array ops: torch's spinning OpenMP threads would slow numpy's LAPACK calls (and each other) down
+    torch.set_num_threads(1)
     try:
         bar = progress(total=len(jobs), desc=f"info cache {version}", unit="sample")
         if workers > 1 and "fork" in mp.get_all_start_methods():
@@ -169,32 +207,44 @@ def build_info_cache(dataroot: str | os.PathLike, version: str, out: str | os.Pa
         bar.close()
     finally:
         _NUSC = None
-    payload = {"schema": SCHEMA_VERSION, "version": version, "radar_sweeps": radar_sweeps,
-               "lidar_sweeps": lidar_sweeps, "samples": infos}
-    with atomic_path(out) as tmp:
-        with gzip.open(tmp, "wt", compresslevel=3) as f:
-            json.dump(payload, f, separators=(",", ":"))
+        torch.set_num_threads(threads)
+    calibs = {c["token"]: {"pose": _pose7(c), "K": c["camera_intrinsic"] or None} for c in nusc.calibrated_sensor}
+    meta = {"schema": SCHEMA_VERSION, "version": version, "fingerprint": fingerprint, "radar_sweeps": radar_sweeps,
+            "lidar_sweeps": lidar_sweeps, "cameras": list(CAMERAS), "radars": list(RADARS)}
+    InfoTable.pack(infos, calibs, meta).save(out)
     log.info("info cache: %d samples of %s in %.1f s -> %s", len(infos), version, time.perf_counter() - t0, out)
     return out
 
 
-def load_info_cache(path: str | os.PathLike, version: str, radar_sweeps: int = 0, lidar_sweeps: int = 0) -> dict:
-    """Load and validate a cache; refuse another schema or version, or fewer sweeps than asked for."""
+class StaleInfoCache(InfoCacheError):
+    """The cache was built from other tables, or with fewer sweeps than asked for: rebuilding it fixes this."""
+
+
+def load_info_cache(path: str | os.PathLike, version: str, radar_sweeps: int = 0, lidar_sweeps: int = 0,
+                    fingerprint: str | None = None) -> InfoTable:
+    """Load and validate a cache; refuse another schema or version (InfoCacheError), other tables than
+    ``fingerprint`` (if given) or fewer sweeps than asked for (StaleInfoCache)."""
     path = Path(path)
     rebuild = (f"rebuild it with `bevbridge.data.nuscenes_info.build_info_cache(dataroot, {version!r})` or delete "
                f"{path} and the dataset rebuilds it")
     if not path.is_file():
         raise InfoCacheError(f"info cache not found: {path}; {rebuild}")
-    with gzip.open(path, "rt") as f:
-        payload = json.load(f)
-    if payload.get("schema") != SCHEMA_VERSION:
-        raise InfoCacheError(f"info cache {path} has schema {payload.get('schema')!r}, this bevbridge reads schema "
+    try:
+        table = InfoTable.load(path)
+    except ValueError as e:
+        raise InfoCacheError(f"info cache {path} is not a schema-{SCHEMA_VERSION} cache ({e}); {rebuild}") from None
+    meta = table.meta
+    if meta.get("schema") != SCHEMA_VERSION:
+        raise InfoCacheError(f"info cache {path} has schema {meta.get('schema')!r}, this bevbridge reads schema "
                              f"{SCHEMA_VERSION}; {rebuild}")
-    if payload.get("version") != version:
-        raise InfoCacheError(f"info cache {path} is for dataset version {payload.get('version')!r}, not {version!r}; "
+    if meta.get("version") != version:
+        raise InfoCacheError(f"info cache {path} is for dataset version {meta.get('version')!r}, not {version!r}; "
                              f"{rebuild}")
+    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+        raise StaleInfoCache(f"info cache {path} was built from other {version} tables (fingerprint "
+                             f"{meta.get('fingerprint')}, the dataroot's is {fingerprint}); {rebuild}")
     for kind, want in (("radar_sweeps", radar_sweeps), ("lidar_sweeps", lidar_sweeps)):
-        if payload.get(kind, 0) < want:
-            raise InfoCacheError(f"info cache {path} holds {payload.get(kind)} {kind}, {want} were asked for; "
+        if meta.get(kind, 0) < want:
+            raise StaleInfoCache(f"info cache {path} holds {meta.get(kind)} {kind}, {want} were asked for; "
                                  f"{rebuild} (pass {kind}={want})")
-    return payload
+    return table

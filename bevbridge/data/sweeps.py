@@ -3,6 +3,14 @@
 Each sweep's points go sensor -> ego (at the sweep's time) -> global -> key ego (at the keyframe's LIDAR_TOP
 time): ego-motion compensation. Radar velocities (vx_comp, vy_comp: already compensated for ego motion by the
 sensor) are vectors and are rotated into the key frame. Every point gets ``dt`` = key time - sweep time (s).
+
+Sweep counts are "keyframe + previous": ``num_sweeps=8`` reads each sensor's keyframe sweep and up to 7 sweeps
+before it (fewer at the start of a scene), as RCBEVDet's 8 radar sweeps.
+
+Radar files are decoded by :func:`read_radar_pcd`, a vectorised equivalent of the devkit's
+``RadarPointCloud.from_file`` (same header handling, same default filters, same empty-sweep rule; tested equal on
+every file of the synthetic world): the devkit unpacks each field of each point with ``struct`` in Python, which
+was about half of a sample's loading time with 5 radars x 8 sweeps (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -14,15 +22,59 @@ import numpy as np
 
 from bevbridge.geometry import invert_transform
 
-__all__ = ["RADAR_FIELDS", "load_radar_sweeps", "load_lidar_sweeps", "SweepFileMissing"]
+__all__ = ["RADAR_FIELDS", "read_radar_pcd", "load_radar_sweeps", "load_lidar_sweeps", "SweepFileMissing"]
 
 # nuScenes radar PCD fields, in file order (RadarPointCloud's 18 rows).
 RADAR_FIELDS = ("x", "y", "z", "dyn_prop", "id", "rcs", "vx", "vy", "vx_comp", "vy_comp", "is_quality_valid",
                 "ambig_state", "x_rms", "y_rms", "invalid_state", "pdh0", "vx_rms", "vy_rms")
 
 
+# The devkit's default radar filters (RadarPointCloud class settings): kept values of these fields.
+DEFAULT_RADAR_FILTERS = {"invalid_state": (0,), "dyn_prop": tuple(range(7)), "ambig_state": (3,)}
+_PCD_TYPES = {"F": "f", "I": "i", "U": "u"}
+
+
 class SweepFileMissing(FileNotFoundError):
     pass
+
+
+def read_radar_pcd(path: str | Path, filters: bool = True) -> np.ndarray:
+    """``float64 [n, 18]`` radar points (columns in RADAR_FIELDS order) from a nuScenes binary PCD v0.7 file.
+
+    ``filters`` keeps only the devkit's defaults (invalid_state 0, dyn_prop 0-6, ambig_state 3); an empty sweep
+    (stored as one point whose first value is NaN) gives ``[0, 18]``.
+    """
+    raw = Path(path).read_bytes()
+    header: dict[str, list[str]] = {}
+    pos = 0
+    while True:
+        end = raw.index(b"\n", pos)
+        line = raw[pos:end].strip().decode("ascii")
+        pos = end + 1
+        if line and not line.startswith("#"):
+            key, *vals = line.split(" ")
+            header[key] = vals
+            if key == "DATA":
+                break
+    if header.get("DATA") != ["binary"] or header.get("HEIGHT") != ["1"]:
+        raise ValueError(f"{path}: expected a binary PCD with HEIGHT 1, got DATA {header.get('DATA')} "
+                         f"HEIGHT {header.get('HEIGHT')}")
+    names = header["FIELDS"]
+    dtype = np.dtype([(n, f"<{_PCD_TYPES[t]}{int(b)}") for n, t, b in zip(names, header["TYPE"], header["SIZE"])])
+    missing = [f for f in RADAR_FIELDS if f not in names]
+    if missing:
+        raise ValueError(f"{path}: radar PCD lacks field(s) {missing}; nuScenes radar files hold {RADAR_FIELDS}")
+    n = int(header["WIDTH"][0])
+    rec = np.frombuffer(raw, dtype=dtype, count=n, offset=pos)
+    pts = np.stack([rec[f].astype(np.float64) for f in RADAR_FIELDS], 1)
+    if n == 0 or np.isnan(pts[0]).any():
+        return np.zeros((0, len(RADAR_FIELDS)))
+    if filters:
+        keep = np.ones(n, bool)
+        for f, allowed in DEFAULT_RADAR_FILTERS.items():
+            keep &= np.isin(pts[:, RADAR_FIELDS.index(f)], allowed)
+        pts = pts[keep]
+    return pts
 
 
 def _check(path: Path, what: str) -> None:
@@ -44,19 +96,14 @@ def load_radar_sweeps(dataroot: str | Path, radars: dict[str, list[dict]], ego2g
     3); False keeps every return. ``velocity_compensation`` additionally moves each point by ``v * dt`` along its
     compensated velocity (off by default, as RCBEVDet).
     """
-    from nuscenes.utils.data_classes import RadarPointCloud
-
     root = Path(dataroot)
     global2key = invert_transform(np.asarray(ego2global_key, np.float64))
-    kw = {} if filters else {"invalid_states": list(range(18)), "dynprop_states": list(range(8)),
-                             "ambig_states": list(range(5))}
     chunks = []
     for channel, sweeps in radars.items():
         for rec in sweeps[:num_sweeps]:
             path = root / rec["filename"]
             _check(path, f"radar sweep ({channel}, sample {sample_token})")
-            pts = RadarPointCloud.from_file(str(path), **kw).points.T.astype(np.float64)  # [n, 18]
-            pts = pts[np.isfinite(pts[:, :3]).all(1)]  # an empty sweep is stored as one NaN point (devkit's way)
+            pts = read_radar_pcd(path, filters)  # [n, 18]
             if len(pts) == 0:
                 continue
             T = _key_from_sensor(rec, global2key)
