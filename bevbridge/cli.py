@@ -58,6 +58,16 @@ def _validated_then_not_built(name: str, what: str) -> Callable[[argparse.Namesp
     return run
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bevbridge.bench import default_benchmark_dir, run_benchmarks
+
+    extra = args.args[1:] if args.args[:1] == ["--"] else args.args
+    directory = Path(args.dir) if args.dir else default_benchmark_dir()
+    return run_benchmarks(directory, args.only, extra, list_only=args.list)
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML (configs/...)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -99,8 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     add("viz", "render BEV and camera views of data or predictions", _not_built("viz", "issue #7, the CTAB demo"))
-    add("bench", "run the benchmarks (benchmarks/bench_*.py) and print their tables",
-        _not_built("bench", "issue #5, the pure-PyTorch ops"))
+    p = add("bench", "run the benchmarks (benchmarks/bench_*.py) and print their tables", _cmd_bench)
+    p.add_argument("--only", action="append", default=[], metavar="NAME",
+                   help="run only this benchmark (e.g. ops for bench_ops.py); repeatable")
+    p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    p.add_argument("--dir", default=None, help="benchmark directory (default: this checkout's benchmarks/)")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="-- ARGS",
+                   help="passed to every benchmark, e.g. bevbridge bench --only ops -- --quick")
     add("demo", "synthesise data, train CTAB on CPU, evaluate and write an HTML report to runs/demo/",
         _not_built("demo", "issue #7, CTAB end to end"))
 

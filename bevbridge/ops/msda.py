@@ -17,9 +17,9 @@ Three implementations give the same result (tests compare them in float64; the b
 - ``"gather"`` (the default): heads folded into the batch, the four bilinear corners of every point found by index
   arithmetic in the atlas, and the whole weighted sum done by one ``F.embedding_bag`` (per-sample weights =
   attention x bilinear weight), which reads each corner row once and materialises no per-point samples. Its
-  backward sends the value gradient through ``grid_sample``'s own backward kernel (the fastest scatter-add PyTorch
-  has on CPU, measured against index_put_/index_add_/scatter_add_/embedding_bag's backward) and the corner-weight
-  gradient through embedding_bag's per-sample-weight backward; location and attention gradients follow by autograd.
+  backward sends the value and location gradients through ``grid_sample``'s own backward kernel on the atlas (the
+  fastest scatter-add PyTorch has on CPU, measured against index_put_/index_add_/scatter_add_/embedding_bag's
+  backward) and the attention gradient through embedding_bag's per-sample-weight backward.
   Measurements: ``benchmarks/RESULTS.md``.
 
 The atlas: each level is padded with one zero row/column before and two after and the levels are stacked
@@ -168,7 +168,9 @@ def _corners(local: torch.Tensor, shift: torch.Tensor, Ha: int, Wa: int) -> tupl
 class _GatherSample(torch.autograd.Function):
     """Forward: one ``embedding_bag`` over the 4 corners of every point, weighted by attention x bilinear weight.
     Backward: ``grid_sampler_2d_backward`` on the atlas gives the value and location gradients (its scatter-add is
-    the fastest PyTorch has on CPU); the attention gradient needs each point's sample, gathered by ``embedding_bag``.
+    the fastest PyTorch has on CPU); the attention gradient comes from embedding_bag's per-sample-weight gradient
+    (one dot product per corner, no per-point samples materialised). Corner indices and weights are recomputed in
+    the backward rather than saved (they would be 12 bytes x 4 corners per point).
     """
 
     @staticmethod
@@ -176,26 +178,31 @@ class _GatherSample(torch.autograd.Function):
         N, Ha, Wa, d = atlas_shape
         Nq, K = attn.shape[1:]
         idx, bil = _corners(local, shift, Ha, Wa)
-        ctx.save_for_backward(rows, grid, attn, idx, bil)
+        ctx.save_for_backward(rows, grid, attn, local, shift)
         ctx.atlas_shape = atlas_shape
         w = (bil * attn.unsqueeze(-1)).view(N * Nq, K * 4)
         return F.embedding_bag(idx.view(N * Nq, K * 4), rows, per_sample_weights=w, mode="sum")
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
-        rows, grid, attn, idx, bil = ctx.saved_tensors
+        rows, grid, attn, local, shift = ctx.saved_tensors
         N, Ha, Wa, d = ctx.atlas_shape
         Nq, K = attn.shape[1:]
-        g = grad_out.view(N, Nq, d)
+        grad_out = grad_out.contiguous()
         grad_rows = grad_grid = grad_attn = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            go = g.transpose(1, 2).contiguous().unsqueeze(-1) * attn.unsqueeze(1)  # [N, d, Nq, K]
+            go = grad_out.view(N, Nq, d).transpose(1, 2).contiguous().unsqueeze(-1) * attn.unsqueeze(1)  # [N,d,Nq,K]
             img = rows.view(N, Ha, Wa, d).permute(0, 3, 1, 2)
             grad_img, grad_grid = torch.ops.aten.grid_sampler_2d_backward(go, img, grid, 0, 0, False, [True, True])
+            del go
             grad_rows = grad_img.permute(0, 2, 3, 1).reshape(N * Ha * Wa, d)
         if ctx.needs_input_grad[2]:
-            samples = F.embedding_bag(idx.view(-1, 4), rows, per_sample_weights=bil.view(-1, 4), mode="sum")
-            grad_attn = (samples.view(N, Nq, K, d) * g.unsqueeze(2)).sum(-1)
+            idx, bil = _corners(local, shift, Ha, Wa)
+            with torch.enable_grad():
+                w = (bil * attn.unsqueeze(-1)).view(N * Nq, K * 4).requires_grad_()
+                out = F.embedding_bag(idx.view(N * Nq, K * 4), rows.detach(), per_sample_weights=w, mode="sum")
+                (grad_w,) = torch.autograd.grad(out, w, grad_out)
+            grad_attn = (grad_w.view(N, Nq, K, 4) * bil).sum(-1)
         return grad_rows, grad_grid, grad_attn, None, None, None
 
 
