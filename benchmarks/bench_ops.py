@@ -1,7 +1,7 @@
 """Benchmark the pure-PyTorch ops against their straightforward references, side by side in one run.
 
     python benchmarks/bench_ops.py [--ops msda,bev_pool,voxelize,boxes] [--repeats 5] [--threads 2] [--quick]
-                                   [--clock wall|cpu] [--no-memory] [--compile]
+                                   [--clock wall|cpu] [--shape TEXT] [--no-memory] [--compile]
 
 Prints one Markdown table: op, shape, impl, forward ms, forward+backward ms, peak MB, speed-up vs the reference,
 max |error| vs a float64 reference. How it measures:
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall time, or the process's CPU time (all threads; robust to a busy machine with --threads 1)")
+    p.add_argument("--shape", default="", help="only the cases whose shape description contains this text")
     p.add_argument("--compile", action="store_true", help="add torch.compile'd MSDA variants (slow to compile)")
     p.add_argument("--peak", nargs=3, metavar=("OP", "INDEX", "IMPL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     references: dict[tuple[str, str], str] = {}
     for op in ops:
         for index, case in enumerate(CASE_BUILDERS[op](args.quick)):
+            if args.shape not in case.shape:
+                continue
             print(f"# {op}: {case.shape}", file=sys.stderr, flush=True)
             case_rows = measure(case, args.repeats, time.perf_counter if args.clock == "wall" else time.process_time)
             references[(case.op, case.shape)] = case.reference
