@@ -244,7 +244,9 @@ class MSDeformAttn(nn.Module):
     query_pos [B, Nq, C], identity [B, Nq, C])`` -> ``[B, Nq, C]`` = dropout(output_proj(attention)) + identity.
     ``identity`` defaults to the query (before ``query_pos`` is added) when ``residual=True``, and to nothing when
     ``residual=False``: CTAB (Eqs. 4-5, Sec. III-D) passes a zero identity so only the attended signal is output.
-    Only ``batch_first`` layouts are supported (every caller here is batch-first).
+    Only ``batch_first`` layouts are supported (every caller here is batch-first). ``impl`` picks the core
+    (``ms_deform_attn``): "gather" is faster at every measured shape for inference and for training at CTAB's shape;
+    for CPU training at BEVFormer's 4-level spatial cross-attention "reference" is faster (benchmarks/RESULTS.md).
     """
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4, num_points: int = 4,
