@@ -244,3 +244,15 @@ def test_resample_identity_window_and_upsample():
     # 128 @ 0.8 m onto the BEVFusion 200 @ 0.5 m: the outer ring beyond ±51.2 is absent, everything inside defined
     out = CTAB.resample(torch.ones(1, 1, 128, 128, dtype=torch.float64), MAP)
     assert out.shape == (1, 1, 200, 200) and torch.allclose(out, torch.ones_like(out))
+
+
+def test_z_to_index_bins_heights():
+    from bevbridge.geometry import z_to_index
+
+    z = torch.tensor([-5.0, -4.99, 2.99, 3.0, -5.01])
+    iz, inside = z_to_index(z, -5.0, 3.0, 40)  # BEVFusion's 0.2 m voxels
+    assert iz.tolist() == [0, 0, 39, 40, -1] and inside.tolist() == [True, True, True, False, False]
+    iz, inside = z_to_index(np.array([0.5]), -5.0, 3.0)
+    assert iz.tolist() == [0] and inside.tolist() == [True]
+    with pytest.raises(ValueError, match="zmax"):
+        z_to_index(z, 3.0, -5.0)
