@@ -121,6 +121,16 @@ def _cmd_eval_detections(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bevbridge.bench import default_benchmark_dir, run_benchmarks
+
+    extra = args.args[1:] if args.args[:1] == ["--"] else args.args
+    directory = Path(args.dir) if args.dir else default_benchmark_dir()
+    return run_benchmarks(directory, args.only, extra, list_only=args.list)
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML (configs/...)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -194,8 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", default=None, help="checkpoint folder or weights; without it only ground truth is drawn")
     p.add_argument("--samples", type=int, default=3, help="validation samples to render, spread over the split")
     p.add_argument("--out", default="runs/viz", help="output folder (index.html + PNGs)")
-    add("bench", "run the benchmarks (benchmarks/bench_*.py) and print their tables",
-        _not_built("bench", "issue #5, the pure-PyTorch ops"))
+    p = add("bench", "run the benchmarks (benchmarks/bench_*.py) and print their tables", _cmd_bench)
+    p.add_argument("--only", action="append", default=[], metavar="NAME",
+                   help="run only this benchmark (e.g. ops for bench_ops.py); repeatable")
+    p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    p.add_argument("--dir", default=None, help="benchmark directory (default: this checkout's benchmarks/)")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="-- ARGS",
+                   help="passed to every benchmark, e.g. bevbridge bench --only ops -- --quick")
     p = add("demo", "synthesise data, train CTAB on CPU, evaluate and write an HTML report to runs/demo/", _cmd_demo)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the demo config")
     p.add_argument("--config", default=None, help="default: configs/ctab/mtl_ctab_synth.yaml")

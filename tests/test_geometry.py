@@ -262,3 +262,13 @@ def test_points_in_boxes_matches_the_box_frame(boxes, pts):
     # corners are inside (on the surface), a margin grows the box
     corners = box_corners(boxes).reshape(-1, 3)
     assert points_in_boxes(corners, boxes, margin=1e-6).reshape(3, 8, 3)[np.arange(3), :, np.arange(3)].all()
+def test_z_to_index_bins_heights():
+    from bevbridge.geometry import z_to_index
+
+    z = torch.tensor([-5.0, -4.99, 2.99, 3.0, -5.01])
+    iz, inside = z_to_index(z, -5.0, 3.0, 40)  # BEVFusion's 0.2 m voxels
+    assert iz.tolist() == [0, 0, 39, 40, -1] and inside.tolist() == [True, True, True, False, False]
+    iz, inside = z_to_index(np.array([0.5]), -5.0, 3.0)
+    assert iz.tolist() == [0] and inside.tolist() == [True]
+    with pytest.raises(ValueError, match="zmax"):
+        z_to_index(z, 3.0, -5.0)

@@ -9,23 +9,26 @@
 - ``attention_weights [B, Nq, heads, L, P]`` (softmax over L*P is the caller's job).
 - returns ``[B, Nq, heads * dim]``: bilinear samples (zeros outside each map) weighted by the attention weights.
 
-Three implementations give the same result (tests compare them in float64; the benchmark in float32):
+Two implementations give the same result (tests compare them in float64; the benchmark in float32):
 
 - ``"reference"``: the straightforward one (mmcv's ``multi_scale_deformable_attn_pytorch``): one ``grid_sample`` per
   level on ``[B*heads, dim, H, W]`` maps, then a weighted sum. It materialises ``[B*heads, dim, Nq, L*P]`` samples.
-- ``"fused"``: all levels packed into one zero-bordered atlas image and sampled by a single ``grid_sample``.
-- ``"gather"`` (the default): heads folded into the batch, the four bilinear corners of every point found by index
-  arithmetic in the atlas, and the whole weighted sum done by one ``F.embedding_bag`` (per-sample weights =
-  attention x bilinear weight), which reads each corner row once and materialises no per-point samples. Its
-  backward sends the value gradient through ``grid_sample``'s own backward kernel (the fastest scatter-add PyTorch
-  has on CPU, measured against index_put_/index_add_/scatter_add_/embedding_bag's backward) and the corner-weight
-  gradient through embedding_bag's per-sample-weight backward; location and attention gradients follow by autograd.
-  Measurements: ``benchmarks/RESULTS.md``.
+- ``"gather"`` (the default): heads folded into the batch, all levels packed into one zero-bordered atlas, the four
+  bilinear corners of every point found by index arithmetic, and the whole weighted sum done by one
+  ``F.embedding_bag`` (per-sample weights = attention x bilinear weight), which reads each corner row once and
+  materialises no per-point samples. Its backward sends the value and location gradients through ``grid_sample``'s
+  own backward kernel on the atlas (the fastest scatter-add PyTorch has on CPU, measured against index_put_,
+  index_add_, scatter_add_ and embedding_bag's backward) and the attention gradient through embedding_bag's
+  per-sample-weight backward.
+
+Measured and dropped (``benchmarks/RESULTS.md``): a single ``grid_sample`` over the atlas with autograd ("fused
+levels": faster forward at L=1 only, slower forward+backward almost everywhere), bf16 (slower on CPU; half-precision
+inputs are computed in float32 here), ``torch.compile`` of the reference.
 
 The atlas: each level is padded with one zero row/column before and two after and the levels are stacked
-vertically in an image ``[B*heads, dim, Ha, Wa]``. Pixel coordinates are clamped to ``[-1, W]`` x ``[-1, H]``; a
-clamped point lands on zero padding, so it contributes exactly zero (as ``grid_sample``'s zero padding) and gets a
-zero location gradient, and no bilinear corner can ever leave its own level's block.
+vertically, ``[B*heads, Ha, Wa, dim]``. Pixel coordinates are clamped to ``[-1, W]`` x ``[-1, H]``; a clamped point
+lands on zero padding, so it contributes exactly zero (as ``grid_sample``'s zero padding) and gets a zero location
+gradient, and no bilinear corner can ever leave its own level's block.
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ from torch import nn
 
 __all__ = ["ms_deform_attn", "ms_deform_attn_reference", "MSDeformAttn", "IMPLEMENTATIONS"]
 
-Impl = Literal["gather", "fused", "reference"]
-IMPLEMENTATIONS: tuple[str, ...] = ("gather", "fused", "reference")
+Impl = Literal["gather", "reference"]
+IMPLEMENTATIONS: tuple[str, ...] = ("gather", "reference")
 
 
 def _check(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> list[tuple[int, int]]:
@@ -93,18 +96,14 @@ def _atlas_layout(shapes: list[tuple[int, int]]) -> tuple[int, int, list[int]]:
     return r, max(W for _, W in shapes) + 3, row0
 
 
-def _atlas(value: torch.Tensor, shapes: list[tuple[int, int]], channels_last: bool) -> torch.Tensor:
-    """``value [B, S, h, d]`` -> atlas ``[B*h, Ha, Wa, d]`` (channels_last) or ``[B*h, d, Ha, Wa]``."""
+def _atlas(value: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
+    """``value [B, S, h, d]`` -> zero-bordered atlas ``[B*h, Ha, Wa, d]`` (channels last: a corner is one row)."""
     B, _, h, d = value.shape
     _, Wa, _ = _atlas_layout(shapes)
-    v = value.permute(0, 2, 1, 3) if channels_last else value.permute(0, 2, 3, 1)  # [B, h, S, d] / [B, h, d, S]
-    blocks = []
-    for (H, W), vl in zip(shapes, v.split([H * W for H, W in shapes], dim=2 if channels_last else 3)):
-        if channels_last:
-            blocks.append(F.pad(vl.reshape(B * h, H, W, d), (0, 0, 1, Wa - W - 1, 1, 2)))
-        else:
-            blocks.append(F.pad(vl.reshape(B * h, d, H, W), (1, Wa - W - 1, 1, 2)))
-    return torch.cat(blocks, dim=1 if channels_last else 2) if len(blocks) > 1 else blocks[0]
+    v = value.permute(0, 2, 1, 3)  # [B, h, S, d]
+    blocks = [F.pad(vl.reshape(B * h, H, W, d), (0, 0, 1, Wa - W - 1, 1, 2))
+              for (H, W), vl in zip(shapes, v.split([H * W for H, W in shapes], dim=2))]
+    return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
 
 
 def _atlas_pixels(sampling_locations: torch.Tensor, shapes: list[tuple[int, int]]
@@ -139,17 +138,6 @@ def _heads_back(out: torch.Tensor, B: int, h: int, Nq: int, d: int) -> torch.Ten
     return out.view(B, h, Nq, d).transpose(1, 2).reshape(B, Nq, h * d)
 
 
-# ---------------------------------------------------------------------------------------------------------- fused
-def _ms_deform_attn_fused(value, shapes, sampling_locations, attention_weights) -> torch.Tensor:
-    B, _, h, d = value.shape
-    Nq = sampling_locations.shape[1]
-    img = _atlas(value, shapes, channels_last=False)  # [B*h, d, Ha, Wa]
-    local, shift, Ha, Wa = _atlas_pixels(sampling_locations, shapes)
-    samples = F.grid_sample(img, _to_grid(local, shift, Ha, Wa), mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = (samples * _attn_heads_first(attention_weights)[:, None]).sum(-1)  # [B*h, d, Nq]
-    return _heads_back(out.transpose(1, 2), B, h, Nq, d)
-
-
 # --------------------------------------------------------------------------------------------------------- gather
 def _corners(local: torch.Tensor, shift: torch.Tensor, Ha: int, Wa: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Level-local pixels ``[N, Nq, K, 2]`` + block offsets ``[K, 2]`` -> row indices ``[N, Nq, K, 4]`` into the
@@ -168,7 +156,9 @@ def _corners(local: torch.Tensor, shift: torch.Tensor, Ha: int, Wa: int) -> tupl
 class _GatherSample(torch.autograd.Function):
     """Forward: one ``embedding_bag`` over the 4 corners of every point, weighted by attention x bilinear weight.
     Backward: ``grid_sampler_2d_backward`` on the atlas gives the value and location gradients (its scatter-add is
-    the fastest PyTorch has on CPU); the attention gradient needs each point's sample, gathered by ``embedding_bag``.
+    the fastest PyTorch has on CPU); the attention gradient comes from embedding_bag's per-sample-weight gradient
+    (one dot product per corner, no per-point samples materialised). Corner indices and weights are recomputed in
+    the backward rather than saved (they would be 12 bytes x 4 corners per point).
     """
 
     @staticmethod
@@ -176,33 +166,38 @@ class _GatherSample(torch.autograd.Function):
         N, Ha, Wa, d = atlas_shape
         Nq, K = attn.shape[1:]
         idx, bil = _corners(local, shift, Ha, Wa)
-        ctx.save_for_backward(rows, grid, attn, idx, bil)
+        ctx.save_for_backward(rows, grid, attn, local, shift)
         ctx.atlas_shape = atlas_shape
         w = (bil * attn.unsqueeze(-1)).view(N * Nq, K * 4)
         return F.embedding_bag(idx.view(N * Nq, K * 4), rows, per_sample_weights=w, mode="sum")
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
-        rows, grid, attn, idx, bil = ctx.saved_tensors
+        rows, grid, attn, local, shift = ctx.saved_tensors
         N, Ha, Wa, d = ctx.atlas_shape
         Nq, K = attn.shape[1:]
-        g = grad_out.view(N, Nq, d)
+        grad_out = grad_out.contiguous()
         grad_rows = grad_grid = grad_attn = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            go = g.transpose(1, 2).contiguous().unsqueeze(-1) * attn.unsqueeze(1)  # [N, d, Nq, K]
+            go = grad_out.view(N, Nq, d).transpose(1, 2).contiguous().unsqueeze(-1) * attn.unsqueeze(1)  # [N,d,Nq,K]
             img = rows.view(N, Ha, Wa, d).permute(0, 3, 1, 2)
             grad_img, grad_grid = torch.ops.aten.grid_sampler_2d_backward(go, img, grid, 0, 0, False, [True, True])
+            del go
             grad_rows = grad_img.permute(0, 2, 3, 1).reshape(N * Ha * Wa, d)
         if ctx.needs_input_grad[2]:
-            samples = F.embedding_bag(idx.view(-1, 4), rows, per_sample_weights=bil.view(-1, 4), mode="sum")
-            grad_attn = (samples.view(N, Nq, K, d) * g.unsqueeze(2)).sum(-1)
+            idx, bil = _corners(local, shift, Ha, Wa)
+            with torch.enable_grad():
+                w = (bil * attn.unsqueeze(-1)).view(N * Nq, K * 4).requires_grad_()
+                out = F.embedding_bag(idx.view(N * Nq, K * 4), rows.detach(), per_sample_weights=w, mode="sum")
+                (grad_w,) = torch.autograd.grad(out, w, grad_out)
+            grad_attn = (grad_w.view(N, Nq, K, 4) * bil).sum(-1)
         return grad_rows, grad_grid, grad_attn, None, None, None
 
 
 def _ms_deform_attn_gather(value, shapes, sampling_locations, attention_weights) -> torch.Tensor:
     B, _, h, d = value.shape
     Nq = sampling_locations.shape[1]
-    atlas = _atlas(value, shapes, channels_last=True)  # [B*h, Ha, Wa, d]
+    atlas = _atlas(value, shapes)  # [B*h, Ha, Wa, d]
     local, shift, Ha, Wa = _atlas_pixels(sampling_locations, shapes)  # [B*h, Nq, L*P, 2], [L*P, 2]
     attn = _attn_heads_first(attention_weights)  # [B*h, Nq, L*P]
     grid = _to_grid(local, shift, Ha, Wa)
@@ -215,7 +210,7 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_star
                    ) -> torch.Tensor:
     """Multi-scale deformable attention core: ``[B, S, h, d]`` values -> ``[B, Nq, h*d]`` (shapes: module doc).
 
-    ``impl`` picks the implementation ("gather", "fused", "reference"); all give the same result up to rounding.
+    ``impl`` picks the implementation ("gather" or "reference"); both give the same result up to rounding.
     """
     if impl == "reference":
         return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations,
@@ -229,8 +224,6 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_star
         return out.to(value.dtype)
     if impl == "gather":
         return _ms_deform_attn_gather(value, shapes, sampling_locations, attention_weights)
-    if impl == "fused":
-        return _ms_deform_attn_fused(value, shapes, sampling_locations, attention_weights)
     raise ValueError(f"ms_deform_attn impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
 
 
@@ -251,7 +244,9 @@ class MSDeformAttn(nn.Module):
     query_pos [B, Nq, C], identity [B, Nq, C])`` -> ``[B, Nq, C]`` = dropout(output_proj(attention)) + identity.
     ``identity`` defaults to the query (before ``query_pos`` is added) when ``residual=True``, and to nothing when
     ``residual=False``: CTAB (Eqs. 4-5, Sec. III-D) passes a zero identity so only the attended signal is output.
-    Only ``batch_first`` layouts are supported (every caller here is batch-first).
+    Only ``batch_first`` layouts are supported (every caller here is batch-first). ``impl`` picks the core
+    (``ms_deform_attn``): "gather" is faster at every measured shape for inference and for training at CTAB's shape;
+    for CPU training at BEVFormer's 4-level spatial cross-attention "reference" is faster (benchmarks/RESULTS.md).
     """
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4, num_points: int = 4,

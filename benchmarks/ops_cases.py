@@ -1,0 +1,254 @@
+"""The cases of ``bench_ops.py``: inputs at the papers' shapes and the implementations compared on them.
+
+Each builder returns a list of ``Case``; ``setup(truth)`` builds float32 inputs (and, when ``truth``, the float64
+reference output used for the error column). ``--quick`` shrinks every shape to a smoke test.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import shapely
+import torch
+
+from bevbridge.geometry import BEVGrid, make_transform, rotation_z
+from bevbridge.ops.bev_pool import bev_pool, bev_pool_plan, bev_pool_reference
+from bevbridge.ops.box_coder import CenterPointCoder
+from bevbridge.ops.frustum import depth_bins, feature_pixels, frustum_points
+from bevbridge.ops.iou3d import box_iou_bev
+from bevbridge.ops.msda import ms_deform_attn, ms_deform_attn_reference
+from bevbridge.ops.nms import circle_nms, nms_rotated, scale_nms
+from bevbridge.ops.voxelize import voxelize
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from test_ops_voxelize import loop_voxelize  # noqa: E402  (the slow, obvious reference of the tests)
+
+
+@dataclass
+class Case:
+    op: str
+    shape: str
+    setup: Callable[..., dict]
+    impls: dict[str, Callable[[dict], torch.Tensor]]
+    reference: str
+    backward: bool = True
+    error: Callable[[dict, torch.Tensor, torch.Tensor], float] | None = None  # (state, out, reference's out)
+    slow_reference: bool = False  # run the reference once (a Python loop), not --repeats times
+
+
+def _max_err(state: dict, out: torch.Tensor, ref_out: torch.Tensor) -> float:
+    return (out.double() - state["truth"]).abs().max().item()
+
+
+def _identical(state: dict, out: torch.Tensor, ref_out: torch.Tensor) -> float:
+    return 0.0 if out.shape == ref_out.shape and torch.equal(out, ref_out) else float("inf")
+
+
+# ---------------------------------------------------------------------------------------------------------- MSDA
+def _msda_setup(B, shapes, Nq, h, d, P, layout, truth=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ss = torch.tensor(shapes)
+    sizes = ss[:, 0] * ss[:, 1]
+    starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    L = len(shapes)
+    wh = ss.flip(-1).double().view(1, 1, 1, L, 1, 2)
+    if layout == "grid":  # BEV queries on the value's own grid (CTAB, temporal self-attention) + mmcv-init offsets
+        side = int(round(math.sqrt(Nq)))
+        iy, ix = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+        ref = torch.stack([(ix + 0.5) / side, (iy + 0.5) / side], -1).double().view(1, Nq, 1, 1, 1, 2)
+        theta = torch.arange(h, dtype=torch.float64) * 2 * math.pi / h
+        dirs = torch.stack([theta.cos(), theta.sin()], -1)
+        dirs = dirs / dirs.abs().max(-1, keepdim=True).values
+        off = dirs.view(1, 1, h, 1, 1, 2) * torch.arange(1, P + 1, dtype=torch.float64).view(1, 1, 1, 1, P, 1)
+        off = off + torch.randn(B, Nq, h, L, P, 2, generator=g, dtype=torch.float64)
+    else:  # camera queries (spatial cross-attention): reference points anywhere in the image
+        ref = torch.rand(B, Nq, 1, 1, 1, 2, generator=g, dtype=torch.float64)
+        off = torch.randn(B, Nq, h, L, P, 2, generator=g, dtype=torch.float64) * 2
+    loc = ref + off / wh
+    attn = torch.randn(B, Nq, h, L * P, generator=g, dtype=torch.float64).softmax(-1).view(B, Nq, h, L, P)
+    value = torch.randn(B, int(sizes.sum()), h, d, generator=g, dtype=torch.float64)
+    value32, loc32, attn32 = (t.float().requires_grad_() for t in (value, loc, attn))
+    state = {"args": (value32, ss, starts, loc32, attn32), "grad_leaves": [value32, loc32, attn32]}
+    if truth:  # the float64 reference on exactly the float32 inputs: the error is the arithmetic's, not rounding's
+        state["truth"] = ms_deform_attn_reference(*(t.detach().double() if t.is_floating_point() else t
+                                                    for t in state["args"]))
+    cot = torch.randn(B, Nq, h * d, generator=g)
+    state["cotangent"] = lambda out: cot
+    return state
+
+
+def msda_cases(quick: bool) -> list[Case]:
+    specs = [  # name, B, level shapes, Nq, heads, dim/head, points, query layout
+        ("CTAB: 1 lvl 128x128, h8 d16 P4, Nq 16384", 1, [(128, 128)], 16384, 8, 16, 4, "grid"),
+        ("BEVFormer-tiny TSA: 2x 1 lvl 50x50, h8 d32 P4, Nq 2500", 2, [(50, 50)], 2500, 8, 32, 4, "grid"),
+        ("BEVFormer-tiny SCA: 6 cams 1 lvl 15x25, h8 d32 P8, Nq 800", 6, [(15, 25)], 800, 8, 32, 8, "camera"),
+        ("BEVFormer TSA: 2x 1 lvl 200x200, h8 d32 P4, Nq 40000", 2, [(200, 200)], 40000, 8, 32, 4, "grid"),
+        ("BEVFormer SCA: 6 cams 4 lvl 116x200..15x25, h8 d32 P8, Nq 9000", 6,
+         [(116, 200), (58, 100), (29, 50), (15, 25)], 9000, 8, 32, 8, "camera"),
+    ]
+    if quick:
+        specs = [("quick: 2 lvl 8x8+4x4, h2 d4 P2, Nq 16", 1, [(8, 8), (4, 4)], 16, 2, 4, 2, "grid")]
+    impls = {
+        "reference": lambda s: ms_deform_attn_reference(*s["args"]),
+        "gather": lambda s: ms_deform_attn(*s["args"], impl="gather"),
+    }
+    if os.environ.get("BEVBRIDGE_BENCH_COMPILE"):
+        compiled_ref = torch.compile(ms_deform_attn_reference, dynamic=False)
+        impls["reference+compile"] = lambda s: compiled_ref(*s["args"])
+    return [Case("msda", name, lambda truth=True, a=a: _msda_setup(*a, truth=truth), impls, "reference",
+                 error=_max_err) for name, *a in specs]
+
+
+# ------------------------------------------------------------------------------------------------------ bev_pool
+def _nuscenes_like_rig(B: int, image_hw=(256, 704)):
+    """6 cameras around the car (nuScenes yaws), 1266 px focal at 1600x900, resized by 0.44 and cropped to 256x704."""
+    yaws = torch.tensor([0.0, -55.0, 55.0, 180.0, -110.0, 110.0], dtype=torch.float64) * math.pi / 180
+    cam_to_ego = torch.tensor([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]], dtype=torch.float64)
+    s2e = make_transform(rotation_z(yaws) @ cam_to_ego, torch.tensor([1.0, 0.0, 1.6], dtype=torch.float64).expand(6, 3))
+    K = torch.tensor([[1266.0, 0, 800], [0, 1266.0, 450], [0, 0, 1]], dtype=torch.float64).expand(6, 3, 3)
+    ida = torch.tensor([[0.44, 0, 0], [0, 0.44, -140.0], [0, 0, 1]], dtype=torch.float64).expand(6, 3, 3)
+    return (t.expand(B, *t.shape).contiguous() for t in (K, s2e, ida))
+
+
+def _bev_pool_setup(B, N, D, fH, fW, C, truth=True):
+    g = torch.Generator().manual_seed(0)
+    grid = BEVGrid.square(51.2, 0.8)
+    K, s2e, ida = _nuscenes_like_rig(B)
+    dmax = 1.0 + 0.5 * D
+    pts = frustum_points(K[:, :N], s2e[:, :N], ida[:, :N], depth_bins(1.0, dmax, 0.5, torch.float64),
+                         feature_pixels((fH, fW), (256, 704), dtype=torch.float64)).float()
+    depth = torch.randn(B, N, D, fH, fW, generator=g).softmax(2)
+    feat = torch.randn(B, N, fH, fW, C, generator=g)
+    state = {"pts": pts, "grid": grid, "plan": bev_pool_plan(pts, grid)}
+    if truth:
+        state["truth"] = bev_pool_reference(depth.double(), feat.double(), pts, grid)
+    depth.requires_grad_(), feat.requires_grad_()
+    cot = torch.randn(B, C, *grid.shape, generator=g)
+    state.update(depth=depth, feat=feat, grad_leaves=[depth, feat], cotangent=lambda out: cot)
+    return state
+
+
+def bev_pool_cases(quick: bool) -> list[Case]:
+    specs = [("B1: 6 cams, 118 bins, 16x44, 80 ch -> 128x128", 1, 6, 118, 16, 44, 80),
+             ("B4: 6 cams, 118 bins, 16x44, 80 ch -> 128x128", 4, 6, 118, 16, 44, 80)]
+    if quick:
+        specs = [("quick: 2 cams, 10 bins, 4x8, 8 ch", 1, 2, 10, 4, 8, 8)]
+    impls = {
+        "dense": lambda s: bev_pool_reference(s["depth"], s["feat"], s["pts"], s["grid"]),
+        "bev_pool (plan given)": lambda s: bev_pool(s["depth"], s["feat"], s["plan"]),
+        "bev_pool + plan": lambda s: bev_pool(s["depth"], s["feat"], bev_pool_plan(s["pts"], s["grid"])),
+    }
+    return [Case("bev_pool", name, lambda truth=True, a=a: _bev_pool_setup(*a, truth=truth), impls, "dense",
+                 error=_max_err) for name, *a in specs]
+
+
+# ------------------------------------------------------------------------------------------------------ voxelize
+def _points_setup(B, M, F, extent, z_range=(-5.0, 3.0), seed=0, truth=True):
+    g = torch.Generator().manual_seed(seed)
+    pts = torch.rand(B, M, F, generator=g)
+    pts[..., :2] = (pts[..., :2] * 2 - 1) * extent * torch.rand(B, M, 1, generator=g).sqrt()  # denser near the car
+    pts[..., 2] = z_range[0] - 0.5 + pts[..., 2] * (z_range[1] - z_range[0] + 1)
+    mask = torch.rand(B, M, generator=g) < 0.95
+    return {"points": pts, "mask": mask}
+
+
+def voxelize_cases(quick: bool) -> list[Case]:
+    radar = BEVGrid.square(51.2, 0.2)
+    lidar = BEVGrid.square(51.2, 0.1)
+    specs = [  # name, (B, M, F, extent), grid, z bins, max points, max voxels
+        ("RCBEVDet radar: B8 x 6000 pts, 0.2 m pillars 512x512, max 10", (8, 6000, 7, 60.0), radar, 1, 10, None),
+        ("BEVFusion LiDAR: B1 x 300k pts, 0.1x0.1x0.2 m voxels 1024x1024x40, max 10, 120k voxels",
+         (1, 300_000, 5, 55.0), lidar, 40, 10, 120_000),
+    ]
+    if quick:
+        specs = [("quick: B2 x 200 pts, 512x512 pillars", (2, 200, 7, 60.0), radar, 1, 10, None)]
+    cases = []
+    for name, (B, M, F, ext), grid, zb, mp, mv in specs:
+        def run(s, grid=grid, zb=zb, mp=mp, mv=mv):
+            return voxelize(s["points"], grid, (-5.0, 3.0), zb, mp, mv, s["mask"]).features
+
+        def loop(s, grid=grid, zb=zb, mp=mp, mv=mv):
+            return loop_voxelize(s["points"], s["mask"], grid, (-5.0, 3.0), zb, mp, mv)[0]
+
+        cases.append(Case("voxelize", name, lambda truth=True, a=(B, M, F, ext): _points_setup(*a, truth=truth),
+                          {"loop (reference)": loop, "voxelize": run}, "loop (reference)", backward=False,
+                          error=_identical, slow_reference=True))
+    return cases
+
+
+# --------------------------------------------------------------------------------------------------------- boxes
+def _detections(n: int, seed: int = 0, classes: int = 10) -> dict:
+    """Detections the way a CenterPoint head emits them: clusters of near-duplicates around objects."""
+    g = torch.Generator().manual_seed(seed)
+    centres = (torch.rand(max(n // 8, 1), 2, generator=g) * 2 - 1) * 50
+    pick = torch.randint(0, centres.shape[0], (n,), generator=g)
+    b = torch.zeros(n, 9)
+    b[:, :2] = centres[pick] + torch.randn(n, 2, generator=g) * 0.4
+    b[:, 3:6] = (torch.tensor([4.5, 1.9, 1.6]) * (0.6 + 0.8 * torch.rand(max(n // 8, 1), 1, generator=g)))[pick]
+    b[:, 6] = (torch.rand(max(n // 8, 1), generator=g) * 2 * math.pi)[pick] + torch.randn(n, generator=g) * 0.1
+    return {"boxes": b, "scores": torch.rand(n, generator=g), "labels": torch.randint(0, classes, (n,), generator=g)}
+
+
+def _shapely_iou(s: dict) -> torch.Tensor:
+    from bevbridge.geometry import box_bev_corners
+
+    polys = shapely.polygons(box_bev_corners(s["boxes"].double()).numpy())
+    inter = shapely.area(shapely.intersection(polys[:, None], polys[None, :]))
+    area = shapely.area(polys)
+    return torch.from_numpy(inter / (area[:, None] + area[None, :] - inter))
+
+
+def _loop_greedy(s: dict) -> torch.Tensor:
+    iou = box_iou_bev(s["boxes"], s["boxes"])
+    keep: list[int] = []
+    for i in torch.argsort(s["scores"], descending=True, stable=True).tolist():
+        if not any(iou[k, i] > 0.2 for k in keep):
+            keep.append(i)
+    return torch.tensor(keep)
+
+
+def boxes_cases(quick: bool) -> list[Case]:
+    n_iou, n_nms = (40, 60) if quick else (500, 1000)
+    coder = CenterPointCoder()
+
+    def decode_setup(truth=True):
+        g = torch.Generator().manual_seed(0)
+        heat = torch.rand(1, 10, 128, 128, generator=g).pow(8)
+        maps = [torch.randn(1, c, 128, 128, generator=g) * 0.1 for c in (2, 1, 3, 2, 2)]
+        return {"heat": heat, "maps": maps}
+
+    def decode_nms(s):
+        boxes, scores, labels = coder.decode(s["heat"], *s["maps"])[0]
+        return boxes[scale_nms(boxes, scores, labels, 0.2, pre_max=1000, post_max=500)]
+
+    def encode_setup(truth=True):
+        dets = [_detections(40, seed=i) for i in range(8)]
+        return {"boxes": [d["boxes"] for d in dets], "labels": [d["labels"] for d in dets]}
+
+    iou_err = lambda s, out, ref_out: (out.double() - ref_out).abs().max().item()  # noqa: E731
+    return [
+        Case("box_iou_bev", f"{n_iou} x {n_iou} detections", lambda truth=True: _detections(n_iou),
+             {"shapely (vectorised)": _shapely_iou, "box_iou_bev": lambda s: box_iou_bev(s["boxes"], s["boxes"])},
+             "shapely (vectorised)", backward=False, error=iou_err),
+        Case("nms_rotated", f"{n_nms} detections, thr 0.2", lambda truth=True: _detections(n_nms),
+             {"IoU + greedy loop": _loop_greedy, "nms_rotated": lambda s: nms_rotated(s["boxes"], s["scores"], 0.2)},
+             "IoU + greedy loop", backward=False, error=_identical),
+        Case("scale_nms", f"{n_nms} detections, RCBEVDet factors, thr 0.2", lambda truth=True: _detections(n_nms),
+             {"scale_nms": lambda s: scale_nms(s["boxes"], s["scores"], s["labels"], 0.2)}, "scale_nms",
+             backward=False),
+        Case("circle_nms", f"{n_nms} detections, 4 m^2", lambda truth=True: _detections(n_nms),
+             {"circle_nms": lambda s: circle_nms(s["boxes"][:, :2], s["scores"], 4.0)}, "circle_nms", backward=False),
+        Case("centerpoint", "decode 10x128x128 top 500 + scale-NMS", decode_setup, {"decode + scale_nms": decode_nms},
+             "decode + scale_nms", backward=False),
+        Case("centerpoint", "encode B8 x 40 boxes -> 10x128x128", encode_setup,
+             {"encode": lambda s: coder.encode(s["boxes"], s["labels"]).heatmap}, "encode", backward=False),
+    ]
+
+
+CASE_BUILDERS: dict[str, Callable[[bool], list[Case]]] = {
+    "msda": msda_cases, "bev_pool": bev_pool_cases, "voxelize": voxelize_cases, "boxes": boxes_cases,
+}
