@@ -102,8 +102,9 @@ def box_iou_bev(boxes1: torch.Tensor, boxes2: torch.Tensor, aligned: bool = Fals
     boxes1, boxes2 = _check(boxes1, "boxes1"), _check(boxes2, "boxes2")
 
     def iou(b1, b2):
-        inter = bev_intersection_area(b1, b2)
-        union = b1[:, 3] * b1[:, 4] + b2[:, 3] * b2[:, 4] - inter
+        a1, a2 = b1[:, 3] * b1[:, 4], b2[:, 3] * b2[:, 4]
+        inter = torch.minimum(bev_intersection_area(b1, b2), torch.minimum(a1, a2))  # the tolerance can overshoot
+        union = a1 + a2 - inter
         return inter / union.clamp_min(1e-12)
 
     return _pairwise(boxes1, boxes2, aligned, iou)
@@ -116,7 +117,8 @@ def box_iou_3d(boxes1: torch.Tensor, boxes2: torch.Tensor, aligned: bool = False
     def iou(b1, b2):
         top = torch.minimum(b1[:, 2] + b1[:, 5] / 2, b2[:, 2] + b2[:, 5] / 2)
         bottom = torch.maximum(b1[:, 2] - b1[:, 5] / 2, b2[:, 2] - b2[:, 5] / 2)
-        inter = bev_intersection_area(b1, b2) * (top - bottom).clamp_min(0)
+        bev = torch.minimum(bev_intersection_area(b1, b2), torch.minimum(b1[:, 3] * b1[:, 4], b2[:, 3] * b2[:, 4]))
+        inter = bev * (top - bottom).clamp_min(0)
         union = b1[:, 3:6].prod(-1) + b2[:, 3:6].prod(-1) - inter
         return inter / union.clamp_min(1e-12)
 
