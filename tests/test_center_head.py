@@ -79,3 +79,16 @@ def test_mmdet3d_parameter_names_and_heatmap_prior():
     assert {"shared_conv.conv.weight", "shared_conv.bn.weight", "task_heads.0.reg.0.conv.weight",
             "task_heads.0.heatmap.1.bias", "task_heads.0.vel.1.weight"} <= names
     assert torch.allclose(h.net.task_heads[0].heatmap[1].bias, torch.full((10,), -2.19))
+
+
+def test_six_task_preset_config_builds_six_heads_and_decodes():
+    from bevbridge.config import load_config
+
+    cfg = load_config("configs/ctab/rcbevdet_r50_det_6task.yaml").model.head
+    assert [len(t) for t in cfg.tasks] == [1, 2, 2, 1, 2, 2] and len(cfg.circle_radii) == 6
+    h = head(cfg.nms, cfg.tasks, radii=cfg.circle_radii)
+    assert len(h.coders) == 6 and len(h.net.task_heads) == 6
+    boxes, labels = gt()
+    pb, _, pl = h.predict(perfect_outputs(h, boxes, labels))[0]
+    assert torch.equal(pl.sort().values, labels.sort().values)
+    assert torch.allclose(pb[pl.argsort()][:, :3], boxes[labels.argsort()][:, :3], atol=1e-4)
