@@ -34,6 +34,11 @@ class BEVAugConfig:
     scale_range: tuple[float, float] = (0.95, 1.05)
     flip_x_prob: float = 0.5
     flip_y_prob: float = 0.5
+    # How BEV map targets follow the augmentation. "warp": rasterise in the key frame, then the same affine by
+    # nearest neighbour, as CTAB does (Sec. IV-B: "the same affine transform to pre-computed segmentation GT masks
+    # via nearest-neighbor interpolation"); corners that rotate in from outside the grid are empty (0).
+    # "redraw": rasterise the map and the vehicles directly in the augmented frame (no empty corners).
+    masks: Literal["warp", "redraw"] = "warp"
 
 
 @dataclass

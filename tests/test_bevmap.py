@@ -74,13 +74,14 @@ def test_polygon_layers_agree_with_the_devkit_get_map_mask(synth_world):
 
 
 def test_map_targets_are_rendered_in_the_augmented_frame(synth_world):
-    """With a BEV augmentation (rotation, scale, flips) the map target is the map seen from the augmented frame,
+    """With a BEV augmentation and masks="redraw" the map target is the map seen from the augmented frame,
     including the corners that a warp of the unaugmented target would leave empty."""
     grid = BEVGrid.square(25.6, 0.4)
     big = BEVGrid.square(51.2, 0.4)  # covers every cell of the rotated and scaled grid
     aug = NuScenesDataset(synth_world.dataroot, synth_world.version, synth_world.train_split, image_size=None,
                           radar_sweeps=0, lidar_sweeps=0, map_grid=grid, map_classes=("drivable_area",),
-                          bev_aug=BEVAug(rot_range=(20.0, 25.0)), train=True, seed=1)
+                          bev_aug=BEVAug(rot_range=(20.0, 25.0), masks="redraw"), train=True,
+                          seed=1)
     reference = MapRasterizer(synth_world.dataroot, big, ("drivable_area",))
     corner_cells = agree = total = 0
     for i in range(0, len(aug), 2):

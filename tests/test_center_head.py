@@ -78,6 +78,7 @@ def test_mmdet3d_parameter_names_and_heatmap_prior():
     names = set(dict(h.net.named_parameters()))
     assert {"shared_conv.conv.weight", "shared_conv.bn.weight", "task_heads.0.reg.0.conv.weight",
             "task_heads.0.heatmap.1.bias", "task_heads.0.vel.1.weight"} <= names
+    assert torch.count_nonzero(h.net.task_heads[0].reg[1].bias) == 0  # mmcv kaiming_init zeroes the biases
     assert torch.allclose(h.net.task_heads[0].heatmap[1].bias, torch.full((10,), -2.19))
 
 

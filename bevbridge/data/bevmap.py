@@ -1,9 +1,10 @@
 """BEV map-segmentation targets: map-expansion layers rasterised on a BEVGrid, vehicles from boxes.
 
 Targets are multi-label ``uint8 [C, H, W]`` on a ``BEVGrid`` (H along y, W along x) in the BEV-augmented key ego
-frame: :meth:`MapRasterizer.masks` takes ``ego2global`` and the sample's ``bda`` and draws the map as seen from the
-augmented frame, so a rotated or scaled target has map content up to its corners (warping an unaugmented target
-would leave them empty).
+frame: :meth:`MapRasterizer.masks` takes ``ego2global`` and the sample's ``bda`` and can draw the map as seen from the
+augmented frame, so a rotated or scaled target has map content up to its corners. CTAB instead warps the
+unaugmented target by nearest neighbour (Sec. IV-B), leaving those corners empty; the dataset does either
+(``BEVAug.masks``: "warp", the default, or "redraw").
 
 Map classes are unions of map-expansion layers (``MAP_LAYERS``): ``divider`` = road_divider ∪ lane_divider (DESIGN
 .md); ``drivable_area`` = drivable_area ∪ road_segment ∪ lane (BEVFusion's definition). ``vehicle`` is rasterised

@@ -26,8 +26,8 @@ from bevbridge.data.info_table import InfoTable
 from bevbridge.data.nuscenes_info import (CAMERAS, RADARS, StaleInfoCache, build_info_cache, default_cache_path,
                                           load_info_cache, tables_fingerprint)
 from bevbridge.data.sweeps import load_lidar_sweeps, load_radar_sweeps
-from bevbridge.data.transforms import (BEVAug, ImageAug, apply_bda_boxes, apply_bda_points, sample_bda, sample_ida,
-                                       warp_image)
+from bevbridge.data.transforms import (BEVAug, ImageAug, apply_bda_boxes, apply_bda_masks, apply_bda_points, sample_bda,
+                                       sample_ida, warp_image)
 from bevbridge.geometry import BEVGrid, invert_transform
 
 __all__ = ["NuScenesDataset"]
@@ -52,8 +52,8 @@ class NuScenesDataset(Dataset):
         radar_filters: the devkit's default radar filters. ``radar_max_points``: random subset in training, first
             n otherwise (None: all). ``radar_velocity_compensation``: also move older sweeps' points by v * dt.
         lidar_sweeps: LiDAR sweeps (keyframe + previous; 0 disables LiDAR).
-        map_grid, map_classes: BEV segmentation targets (``vehicle`` from boxes), drawn in the augmented frame;
-            None disables them. The maps load when the dataset opens.
+        map_grid, map_classes: BEV segmentation targets (``vehicle`` from boxes) in the augmented frame, warped or
+            redrawn as ``bev_aug.masks`` says; None disables them. The maps load when the dataset opens.
         box_range: (xmin, ymin, xmax, ymax) in the augmented ego frame; boxes outside are dropped (None keeps all).
         min_points: drop boxes with fewer than this many lidar + radar points (1 = the devkit's evaluation rule).
         captions: path of a TOD3Cap-format caption JSON (relative to dataroot or absolute), or None.
@@ -210,7 +210,12 @@ class NuScenesDataset(Dataset):
 
         gt_masks = None
         if self._maps is not None:
-            gt_masks = torch.from_numpy(self._map_targets(info, ego2global, bda, boxes_aug))
+            if self.bev_aug is not None and self.bev_aug.masks == "warp":  # CTAB Sec. IV-B
+                gt_masks = apply_bda_masks(bda, self._map_targets(info, ego2global, np.eye(4), boxes_all),
+                                           self.map_grid)
+            else:
+                gt_masks = self._map_targets(info, ego2global, bda, boxes_aug)
+            gt_masks = torch.from_numpy(gt_masks)
         captions = None
         if self._captions is not None:
             captions = [self._captions.get(anns["tokens"][i], "The object is ignored") for i in idx_keep]

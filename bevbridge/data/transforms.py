@@ -41,6 +41,11 @@ class BEVAug:
     scale_range: tuple[float, float] = (0.95, 1.05)
     flip_x_prob: float = 0.5
     flip_y_prob: float = 0.5
+    masks: str = "warp"  # "warp" (CTAB Sec. IV-B) or "redraw"; see bevbridge.experiment.BEVAugConfig
+
+    def __post_init__(self) -> None:
+        if self.masks not in ("warp", "redraw"):
+            raise ValueError(f"BEVAug.masks must be 'warp' or 'redraw', got {self.masks!r}")
 
 
 def sample_ida(src_hw: tuple[int, int], aug: ImageAug, rng: np.random.Generator | None) -> np.ndarray:

@@ -108,7 +108,7 @@ def _dataset_options(cfg: ExperimentConfig, train: bool) -> dict[str, Any]:
         opts["image_aug"] = ImageAug(image_size, a.resize_range, a.rot_range, a.flip, a.crop_h_range)
     if train and d.bev_aug is not None:
         b = d.bev_aug
-        opts["bev_aug"] = BEVAug(b.rot_range, b.scale_range, b.flip_x_prob, b.flip_y_prob)
+        opts["bev_aug"] = BEVAug(b.rot_range, b.scale_range, b.flip_x_prob, b.flip_y_prob, b.masks)
     return opts
 
 

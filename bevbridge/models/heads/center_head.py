@@ -44,9 +44,11 @@ class SeparateHead(nn.Module):
             if name == "heatmap":
                 nn.init.constant_(final.bias, init_bias)
             else:
-                for m in branch.modules():
+                for m in branch.modules():  # mmdet3d SeparateHead.init_weights: mmcv kaiming_init (bias 0)
                     if isinstance(m, nn.Conv2d):
                         nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                        if m.bias is not None:
+                            nn.init.zeros_(m.bias)
             setattr(self, name, branch)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
