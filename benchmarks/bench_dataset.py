@@ -1,7 +1,9 @@
 """Dataset layer speed: info-cache build, per-sample ``__getitem__`` with CTAB-style options, and its parts.
 
-    bevbridge synth --out /tmp/synth_default          # the default synthetic world (10 scenes x 20 samples)
-    .venv/bin/python benchmarks/bench_dataset.py --dataroot /tmp/synth_default [--samples 40] [--getitem-only]
+    .venv/bin/python benchmarks/bench_dataset.py [--dataroot DIR] [--samples 40] [--getitem-only]
+
+Without ``--dataroot`` it uses the default synthetic world (10 scenes x 20 samples, 144 x 256), generated into
+``.cache/bench_synth_default`` the first time (~35 s).
 
 Prints tables. ``__getitem__`` runs with one torch thread, as in a DataLoader worker, with CTAB's options: 6 cameras
 at the world's image size, 2 past frames, 8 radar sweeps, 1 LiDAR sweep, a 200 x 200 map target over 102.4 m with
@@ -188,7 +190,8 @@ def bench_jpeg(dataroot: str, repeats: int = 30) -> list[tuple[str, str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataroot", default="/tmp/synth_default")
+    ap.add_argument("--dataroot", help="a nuScenes-format dataroot (default: the default synthetic world, generated "
+                    "into .cache/bench_synth_default on first use)")
     ap.add_argument("--version", default="v1.0-mini")
     ap.add_argument("--split", default="synth_train")
     ap.add_argument("--samples", type=int, default=40, help="samples timed for __getitem__")
@@ -197,6 +200,10 @@ def main() -> None:
     ap.add_argument("--getitem-only", action="store_true", help="skip the cache build and side-by-side parts")
     args = ap.parse_args()
     os.environ.setdefault("BEVBRIDGE_NO_PROGRESS", "1")
+    if args.dataroot is None:
+        from bevbridge.data.synth import ensure_world
+
+        args.dataroot = str(ensure_world(Path(__file__).resolve().parents[1] / ".cache" / "bench_synth_default"))
     rows: list[tuple[str, str]] = [("load average before", load())]
     with tempfile.TemporaryDirectory() as d:
         cache = Path(d) / "infos.npz"

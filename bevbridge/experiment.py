@@ -153,6 +153,10 @@ class TrainConfig:
     """The training loop (bevbridge/engine/trainer.py). A step is one optimizer step of grad_accum micro-batches."""
 
     max_steps: int = 1000  # the schedule's length; `--max-steps N` stops earlier without changing the schedule
+    # If set, the length in epochs instead: max_steps = max_epochs x optimizer steps per epoch (the training
+    # loader's batches, after CBGS and the distributed split, // grad_accum), computed when training starts and
+    # written into the run's config.yaml. The papers state epochs (CTAB: 12), which depend on batch and GPUs.
+    max_epochs: int | None = None
     seed: int = 0
     amp: Literal["none", "bf16", "fp16"] = "none"  # fp16 (with GradScaler) needs CUDA; on CPU it falls back to bf16
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if available, else cpu
@@ -175,6 +179,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.keep_last < 1:
             raise ValueError(f"train.keep_last must be >= 1, got {self.keep_last}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ValueError(f"train.max_epochs must be >= 1 (or null), got {self.max_epochs}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.ema_ramp <= 0 or self.ema_init_updates < 0:

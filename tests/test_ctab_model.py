@@ -98,15 +98,19 @@ def test_public_rcbevdet_keys_map_onto_the_model_with_their_shapes():
         assert tuple(ours[ours_key].shape) == PUBLIC_KEYS[public], public
 
 
+def public_state_dict(model) -> dict:
+    """``model``'s weights under the public RCBEVDet key names (RENAMES inverted, longest prefix first)."""
+    inverse = sorted(((ours, public) for public, ours in RENAMES), key=lambda p: -len(p[0]))
+    out = {}
+    for k, v in model.state_dict().items():
+        ours, public = next((o, p) for o, p in inverse if k.startswith(o))
+        out[public + k[len(ours):]] = v
+    return out
+
+
 def test_converter_round_trip_loads_every_tensor_and_reports_leftovers():
     src, dst = build("rcbevdet_r50_det_synth"), build("rcbevdet_r50_det_synth")
-    inverse = [(ours, public) for public, ours in RENAMES]
-    public_sd = {}
-    for k, v in src.state_dict().items():
-        for ours, public in sorted(inverse, key=lambda p: -len(p[0])):
-            if k.startswith(ours):
-                public_sd["module." + public + k[len(ours):]] = v
-                break
+    public_sd = {"module." + k: v for k, v in public_state_dict(src).items()}
     public_sd["img_backbone.fc.weight"] = torch.zeros(3, 3)  # an upstream-only tensor
     report = load_rcbevdet(dst, public_sd)
     assert not report.missing and not report.mismatched
@@ -161,3 +165,19 @@ def test_missing_sensors_are_handled_by_design(tiny, synth_world):
     assert torch.isfinite(out["seg_logits"]).all()
     losses = model.loss(out, batch)  # no lidar: no depth term
     assert "det/depth" not in losses and torch.isfinite(losses["loss_det"])
+
+
+def test_converter_file_round_trip_through_init_from(tmp_path):
+    """`python -m bevbridge.models.detectors.ctab_checkpoint IN.pth OUT.safetensors`, then model.init_from=OUT."""
+    from bevbridge.engine.checkpoint import load_pretrained
+    from bevbridge.models.detectors.ctab_checkpoint import main
+
+    src, dst = build("rcbevdet_r50_det_synth"), build("rcbevdet_r50_det_synth")
+    torch.save({"state_dict": public_state_dict(src), "meta": {"epoch": 12}}, tmp_path / "rcbevdet.pth")
+    assert main([str(tmp_path / "rcbevdet.pth"), str(tmp_path / "out.safetensors")]) == 0
+    report = load_pretrained(dst, tmp_path / "out.safetensors")
+    assert not report.missing and not report.unexpected and not report.mismatched
+    for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert main([str(tmp_path / "rcbevdet.pth"), str(tmp_path / "out.pt")]) == 2  # wrong suffix: clear error
+    assert not (tmp_path / "out.pt").exists()

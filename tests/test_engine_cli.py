@@ -4,6 +4,7 @@ default-dataroot rule (generate data/synth when missing) with a stand-in synthet
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 import types
@@ -84,6 +85,7 @@ def fake_synth(monkeypatch):
 
 
 def test_default_dataroot_is_generated_once(fake_synth, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="bevbridge")
     monkeypatch.chdir(tmp_path)
     cfg = DataConfig()
     assert cfg.dataroot == "data/synth"
@@ -92,6 +94,15 @@ def test_default_dataroot_is_generated_once(fake_synth, tmp_path, monkeypatch, c
     assert "generating the synthetic nuScenes-format world in data/synth" in caplog.text
     build.ensure_dataset(cfg)
     assert len(fake_synth) == 1  # complete: not generated again
+
+
+def test_other_data_at_the_default_root_is_used_not_replaced(fake_synth, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="bevbridge")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "synth" / "v1.0-mini").mkdir(parents=True)
+    (tmp_path / "data" / "synth" / "v1.0-mini" / "sample.json").write_text("[]")  # e.g. `bevbridge synth --scenes 4`
+    assert build.ensure_dataset(DataConfig()) == Path("data/synth")
+    assert fake_synth == [] and "using the nuScenes-format data already in data/synth" in caplog.text
 
 
 def test_a_named_dataroot_is_never_generated(fake_synth, tmp_path):

@@ -223,3 +223,14 @@ def test_the_number_of_workers_does_not_change_training(tmp_path):
         t.fit()
         runs.append(_weights(t))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_max_epochs_sets_the_schedule_length_from_the_loader(tmp_path):
+    cfg = tiny_config(data={"batch_size": 2}, train={"max_epochs": 3, "grad_accum": 2, "ckpt_every": 100})
+    t = _trainer(cfg, tmp_path / "run", n_train=10)  # 10 samples / batch 2 = 5 batches -> 2 optimizer steps
+    assert cfg.train.max_steps == 3 * 2 and t.schedule.total_steps == 6
+    assert t.fit().step == 6
+    assert "max_steps: 6" in (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(EngineError, match="train.max_epochs"):
+        _trainer(tiny_config(data={"batch_size": 2}, train={"max_epochs": 1, "grad_accum": 8}), tmp_path / "r2",
+                 n_train=10)

@@ -67,12 +67,17 @@ def load_init_weights(model: nn.Module, cfg: ExperimentConfig) -> None:
 def ensure_dataset(data: DataConfig) -> Path:
     """The dataroot, generating the synthetic world there first if it is the default one and missing.
 
-    Only the default ``data/synth`` is generated, never a path the user named (a missing one is an error).
+    Only the default ``data/synth`` is generated, never a path the user named (a missing one is an error). Data
+    already there under ``data.version`` (a world written by ``bevbridge synth`` with other parameters, or real
+    nuScenes linked there) is used as it is, never replaced.
     """
     root = Path(data.dataroot)
     if data.dataroot.rstrip("/") == DEFAULT_SYNTH_ROOT:
         synth = _import("bevbridge.data.synth", f"{root} is missing and the synthetic world writer", "issue #3")
-        if not synth.is_complete(root, version=data.version):
+        if (root / data.version / "sample.json").is_file() and not synth.is_complete(root, version=data.version):
+            log.info("using the nuScenes-format data already in %s (not the default synthetic world; left as it is)",
+                     root)
+        elif not synth.is_complete(root, version=data.version):
             log.info("generating the synthetic nuScenes-format world in %s (%s): first run only", root, data.version)
             synth.generate(root, version=data.version)
             if not synth.is_complete(root, version=data.version):

@@ -87,10 +87,18 @@ class Trainer:
         self.global_batch = cfg.data.batch_size * self.dist.world_size * t.grad_accum
         peak = scaled_lr(cfg.optim, self.global_batch)
         self.optimizer = build_optimizer(self.module, cfg.optim, peak)
-        self.schedule = Schedule(cfg.schedule, t.max_steps)
         self.ema = ModelEMA(self.module, t.ema_decay, t.ema_ramp, t.ema_init_updates) if t.ema else None
         self.loader, self.sampler = train_loader(train_set, cfg.data.batch_size, cfg.data.num_workers, t.seed,
                                                  self.dist, self.device, collate_fn)
+        if t.max_epochs is not None:
+            per_epoch = len(self.loader) // t.grad_accum
+            if per_epoch < 1:
+                raise EngineError(f"train.max_epochs: an epoch of {len(self.loader)} batches is less than one "
+                                  f"optimizer step (train.grad_accum {t.grad_accum})")
+            t.max_steps = t.max_epochs * per_epoch
+            log.info("train.max_epochs %d x %d optimizer steps per epoch -> train.max_steps %d", t.max_epochs,
+                     per_epoch, t.max_steps)
+        self.schedule = Schedule(cfg.schedule, t.max_steps)
         self.val_set, self.evaluators, self.collate_fn = val_set, dict(evaluators or {}), collate_fn
         self.ckpts = CheckpointManager(self.run_dir / "checkpoints", t.keep_last)
         self.run_log = RunLog(self.run_dir, enabled=self.dist.is_main)

@@ -3,6 +3,10 @@
     sd = read_mmcv_state_dict("rcbevdet-256x704-r50-BEV128-9kf-depth-cbgs12e-circlelarger.pth")
     report = load_rcbevdet(model, sd)            # renames keys, loads, reports what did not match
 
+or, for training, convert once to a .safetensors file and set ``model.init_from`` to it:
+
+    python -m bevbridge.models.detectors.ctab_checkpoint rcbevdet.pth rcbevdet_bevbridge.safetensors
+
 Our modules keep the public code's inner names wherever the structure is the same (timm ResNet = mmdet ResNet,
 BEVDet's depth net / CustomResNet / FPN_LSS, RadarBEVNet, mmdet3d's SECOND / SECONDFPN / CenterHead,
 Deformable-DETR attention), so the conversion is a table of top-level prefix renames plus two sub-module renames
@@ -24,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["RENAMES", "convert_rcbevdet_state_dict", "read_mmcv_state_dict", "load_rcbevdet", "LoadReport"]
+__all__ = ["RENAMES", "convert_rcbevdet_state_dict", "read_mmcv_state_dict", "load_rcbevdet", "LoadReport", "convert_file"]
 
 # (public prefix, our prefix); the first match wins, so longer prefixes come first.
 RENAMES: tuple[tuple[str, str], ...] = (
@@ -115,3 +119,42 @@ def load_rcbevdet(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> Load
     report.loaded = sorted(usable)
     report.missing = sorted(set(ours) - set(usable) - {m for m, _, _ in report.mismatched})
     return report
+
+
+def convert_file(src: str | Path, dst: str | Path) -> tuple[int, list[str]]:
+    """Convert an official RCBEVDet checkpoint into our key names as a ``.safetensors`` file (written atomically),
+    for ``model.init_from=dst``. Returns (tensors written, upstream keys without a counterpart)."""
+    from safetensors.torch import save_file
+
+    from bevbridge.atomic import atomic_path
+
+    if Path(dst).suffix != ".safetensors":
+        raise ValueError(f"{dst}: the converted weights are written as .safetensors; name the file *.safetensors")
+    converted, unknown = convert_rcbevdet_state_dict(read_mmcv_state_dict(src))
+    with atomic_path(dst) as tmp:
+        save_file({k: v.contiguous() for k, v in converted.items()}, str(tmp))
+    return len(converted), unknown
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m bevbridge.models.detectors.ctab_checkpoint",
+        description="Convert an official RCBEVDet checkpoint (.pth, mmcv keys) to bevbridge key names "
+                    "(.safetensors); then train with model.init_from=OUT.")
+    p.add_argument("src", help="RCBEVDet checkpoint (.pth), read with torch.load(weights_only=True)")
+    p.add_argument("dst", help="output .safetensors")
+    a = p.parse_args(argv)
+    try:
+        n, unknown = convert_file(a.src, a.dst)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}")
+        return 2
+    print(f"wrote {n} tensors to {a.dst}; {len(unknown)} upstream keys have no counterpart"
+          + (f" (e.g. {', '.join(unknown[:5])})" if unknown else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

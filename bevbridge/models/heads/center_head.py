@@ -1,4 +1,4 @@
-"""CenterPoint's detection head (Yin et al. 2021) as RCBEVDet configures it (notes/anchor-facts.md).
+"""CenterPoint's detection head (Yin et al. 2021) as RCBEVDet configures it (../shared/notes/anchor-facts.md).
 
 ``forward(bev [B, C, H, W]) -> list`` (one dict per task) of raw maps: ``reg [B,2,H,W]`` (sub-cell offset),
 ``height [B,1]`` (z of the centre), ``dim [B,3]`` (log l, w, h), ``rot [B,2]`` (sin, cos yaw), ``vel [B,2]``,

@@ -1,4 +1,4 @@
-"""RadarBEVNet's dual-stream pillar encoder (RCBEVDet, Sec. 3.2; public config in notes/anchor-facts.md).
+"""RadarBEVNet's dual-stream pillar encoder (RCBEVDet, Sec. 3.2; public config in ../shared/notes/anchor-facts.md).
 
 Input: radar pillars from ``bevbridge.ops.voxelize`` (``Voxels``: ``features [P, T, 7]`` with x, y, z, vx_comp,
 vy_comp, rcs, dt; ``num_points [P]``; ``coors [P, 4] = (batch, iz, iy, ix)`` on the pillar BEVGrid, RCBEVDet: 0.2 m
