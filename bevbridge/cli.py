@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="default: configs/ctab/mtl_ctab_synth.yaml")
     p.add_argument("--out", default="runs/demo", help="output folder (a previous demo run there is replaced)")
     p.add_argument("--minutes", type=float, default=13.0,
-                   help="wall-clock budget for everything (data, training, evaluation, report); default 13, so that with a first-time `make setup` (~1.5 min) `make demo` stays within 15 minutes")
+                   help="wall-clock budget for everything (data, training, evaluation, report); default 13, so "
+                        "that with a first-time `make setup` (~1.5 min) `make demo` stays within 15 minutes")
 
     p = add("config", "print the resolved config (after _base_ and overrides) as YAML", _cmd_config)
     _add_config_args(p)

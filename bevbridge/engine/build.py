@@ -74,10 +74,11 @@ def ensure_dataset(data: DataConfig) -> Path:
     root = Path(data.dataroot)
     if data.dataroot.rstrip("/") == DEFAULT_SYNTH_ROOT:
         synth = _import("bevbridge.data.synth", f"{root} is missing and the synthetic world writer", "issue #3")
-        if (root / data.version / "sample.json").is_file() and not synth.is_complete(root, version=data.version):
+        complete = synth.is_complete(root, version=data.version)
+        if not complete and (root / data.version / "sample.json").is_file():
             log.info("using the nuScenes-format data already in %s (not the default synthetic world; left as it is)",
                      root)
-        elif not synth.is_complete(root, version=data.version):
+        elif not complete:
             log.info("generating the synthetic nuScenes-format world in %s (%s): first run only", root, data.version)
             synth.generate(root, version=data.version)
             if not synth.is_complete(root, version=data.version):

@@ -31,7 +31,8 @@ from torch import nn
 
 from bevbridge.atomic import atomic_write_text
 
-__all__ = ["CheckpointManager", "read_weights", "read_state", "load_pretrained", "LoadReport", "checkpoint_dir_of"]
+__all__ = ["CheckpointManager", "read_weights", "read_state", "load_pretrained", "LoadReport", "checkpoint_dir_of",
+           "to_cpu_contiguous"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ STATE_FILE = "state.pt"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
-def _to_cpu_contiguous(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def to_cpu_contiguous(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` that ``safetensors.torch.save_file`` accepts: CPU, contiguous, no shared storage."""
     # clone: safetensors refuses tensors that share storage (tied weights); the copy is on the CPU anyway
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
 
@@ -101,9 +103,9 @@ class CheckpointManager:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp", dir=self.root))
         try:
             meta = {"step": str(step), "format": "bevbridge"}
-            save_file(_to_cpu_contiguous(model_state), tmp / MODEL_FILE, metadata=meta)
+            save_file(to_cpu_contiguous(model_state), tmp / MODEL_FILE, metadata=meta)
             if ema_state is not None:
-                save_file(_to_cpu_contiguous(ema_state), tmp / EMA_FILE, metadata={**meta, "ema": "1"})
+                save_file(to_cpu_contiguous(ema_state), tmp / EMA_FILE, metadata={**meta, "ema": "1"})
             torch.save(state, tmp / STATE_FILE)
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["RENAMES", "convert_rcbevdet_state_dict", "read_mmcv_state_dict", "load_rcbevdet", "LoadReport", "convert_file"]
+__all__ = ["RENAMES", "convert_rcbevdet_state_dict", "read_mmcv_state_dict", "load_rcbevdet", "LoadReport",
+           "convert_file"]
 
 # (public prefix, our prefix); the first match wins, so longer prefixes come first.
 RENAMES: tuple[tuple[str, str], ...] = (
@@ -127,12 +128,13 @@ def convert_file(src: str | Path, dst: str | Path) -> tuple[int, list[str]]:
     from safetensors.torch import save_file
 
     from bevbridge.atomic import atomic_path
+    from bevbridge.engine.checkpoint import to_cpu_contiguous
 
     if Path(dst).suffix != ".safetensors":
         raise ValueError(f"{dst}: the converted weights are written as .safetensors; name the file *.safetensors")
     converted, unknown = convert_rcbevdet_state_dict(read_mmcv_state_dict(src))
     with atomic_path(dst) as tmp:
-        save_file({k: v.contiguous() for k, v in converted.items()}, str(tmp))
+        save_file(to_cpu_contiguous(converted), str(tmp))  # copies: safetensors refuses shared storage
     return len(converted), unknown
 
 
