@@ -1,8 +1,13 @@
-"""The `bevbridge` command line: synth | train | eval | infer | viz | bench | demo (+ config).
+"""The `bevbridge` command line: synth | train | eval | infer | viz | summary | bench | demo (+ config).
 
 Each subcommand's work lives in the module that owns it; this file only parses arguments and dispatches, importing
 heavy modules lazily so that ``bevbridge --help`` is instant. A subcommand that is not built yet says so and exits
-with status 3; it never silently does nothing.
+with status 3; it never silently does nothing. ``key=value`` config overrides may stand anywhere on the line
+(``bevbridge train CFG --max-steps 4 train.ckpt_every=2``).
+
+The path from a YAML file to a running model: ``cli.py`` (arguments) -> ``engine/commands.py`` (the command's body)
+-> ``config/loader.py`` + ``config/schema.py`` (YAML -> a validated ExperimentConfig) -> ``engine/build.py`` (config
+-> model, datasets, evaluators) -> the method's model (``models/<method>/model.py``).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from bevbridge import __version__
@@ -219,16 +225,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock budget for everything (data, training, evaluation, report); default 13, so "
                         "that with a first-time `make setup` (~1.5 min) `make demo` stays within 15 minutes")
 
+    p = add("summary", "parameters per module (trainable / frozen) and forward GFLOPs of one sample",
+            _engine("summary"))
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--device", choices=("auto", "meta", "cpu"), default="auto",
+                   help="where to build the model: meta = no memory, instant (default for paper-scale configs); "
+                        "cpu = real weights, needed for FLOPs of data-dependent models (default for *_synth.yaml)")
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+
     p = add("config", "print the resolved config (after _base_ and overrides) as YAML", _cmd_config)
     _add_config_args(p)
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, accepting ``key=value`` overrides anywhere after the command (argparse alone takes them only
+    before the first option)."""
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        resume = getattr(args, "resume", None)
+        if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+            args.overrides.append(resume)  # `--resume key=value`: a bare --resume followed by an override
+            args.resume = True
+        overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+        args.overrides.extend(overrides)
+        extra = [a for a in extra if a not in overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from bevbridge.config import ConfigError
     from bevbridge.log import setup_logging
 
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     verbose = getattr(args, "verbose", False)
     setup_logging(verbose)
     try:

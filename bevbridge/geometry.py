@@ -94,6 +94,17 @@ class BEVGrid:
         """``BEVGrid(-half, half, -half, half, res)``."""
         return cls(-half_extent, half_extent, -half_extent, half_extent, res)
 
+    def with_shape(self, H: int, W: int) -> BEVGrid:  # noqa: N803
+        """The same extent divided into ``H x W`` cells (e.g. CTAB's 128x128 features upsampled to 200x200).
+
+        The one place a derived grid's resolution is computed; the cells must stay square.
+        """
+        res_x, res_y = (self.xmax - self.xmin) / W, (self.ymax - self.ymin) / H
+        if abs(res_x - res_y) > 1e-9 * max(res_x, res_y):
+            raise ValueError(f"BEVGrid.with_shape({H}, {W}) of {self} would give non-square cells "
+                             f"({res_x} x {res_y} m)")
+        return BEVGrid(self.xmin, self.xmax, self.ymin, self.ymax, res_x)
+
     @property
     def W(self) -> int:  # noqa: N802 - the paper's and the tensor's name
         return int(round((self.xmax - self.xmin) / self.res))

@@ -13,8 +13,8 @@ from torch.utils.data import Dataset
 
 from bevbridge.config import from_dict
 from bevbridge.data.batch import Batch, Sample
-from bevbridge.experiment import ExperimentConfig
-from bevbridge.models.base import Prediction
+from bevbridge.config.schema import ExperimentConfig
+from bevbridge.models.contract import DataNeeds, Prediction
 
 IN, OUT = 8, 9
 
@@ -46,6 +46,8 @@ class TinyDataset(Dataset):
 
 
 class TinyModel(nn.Module):
+    kind = "tiny"
+
     def __init__(self, hidden: int = 16, dropout: float = 0.1):
         super().__init__()
         self.image_backbone = nn.Linear(IN, hidden)
@@ -62,7 +64,11 @@ class TinyModel(nn.Module):
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
         target = torch.stack([b[0] for b in batch.gt_boxes]).to(outputs["boxes"])
         err = outputs["boxes"].float() - target
-        return {"loss_reg": (err ** 2).mean(), "loss_gate": 0.01 * self.gate ** 2, "mae": err.abs().mean()}
+        reg, gate = (err ** 2).mean(), 0.01 * self.gate ** 2
+        return {"loss": reg + gate, "loss_reg": reg.detach(), "loss_gate": gate.detach(), "mae": err.abs().mean()}
+
+    def data_needs(self) -> DataNeeds:
+        return DataNeeds(images=False, tasks=("detection",))
 
     def predict(self, outputs: dict[str, torch.Tensor], batch: Batch) -> list[Prediction]:
         boxes = outputs["boxes"].detach()

@@ -9,7 +9,7 @@ import torch
 
 from bevbridge.data.batch import DETECTION_CLASSES
 from bevbridge.geometry import BEVGrid
-from bevbridge.model_config import CenterHeadConfig
+from bevbridge.models.ctab.config import CenterHeadConfig
 from bevbridge.models.heads.center_head import CenterHead
 
 GRID = BEVGrid.square(12.8, 0.8)  # 32 x 32

@@ -8,7 +8,7 @@ from typing import Literal
 import pytest
 
 from bevbridge.config import ConfigError, dump_config, from_dict, load_config, save_config
-from bevbridge.experiment import ExperimentConfig
+from bevbridge.config.schema import ExperimentConfig
 
 
 def write(path, text):
@@ -63,7 +63,7 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
     "override, expected",
     [
         ("optim.lrr=1", r"config key 'optim.lrr' \(from override 'optim.lrr=1'\): unknown key \(did you mean 'lr'\?\); "
-                        r"valid keys under 'optim': lr, weight_decay, betas, backbone_lr_mult, grad_clip"),
+                        r"valid keys under 'optim': lr, weight_decay, betas, lr_mult, wd_mult, grad_clip"),
         ("data.batch_size=two", r"config key 'data.batch_size' .*expected int, got 'two'"),
         ("train.amp=fp8", r"config key 'train.amp' .*invalid choice 'fp8'; choices: 'none', 'bf16', 'fp16'"),
         ("optim.lr.x=1", r"'optim.lr' is a value"),

@@ -8,18 +8,18 @@ import torch
 from bevbridge.config import load_config
 from bevbridge.data.batch import collate
 from bevbridge.data.nuscenes import NuScenesDataset
-from bevbridge.models.detectors.ctab import CTABDetector
-from bevbridge.models.detectors.ctab_checkpoint import RENAMES, convert_rcbevdet_state_dict, load_rcbevdet
+from bevbridge.models.ctab.model import CTABModel
+from bevbridge.models.ctab.rcbevdet_weights import RENAMES, convert_rcbevdet_state_dict, load_rcbevdet
 
 CFG = "configs/ctab"
 
 
-def build(name: str, *overrides: str, meta: bool = False) -> CTABDetector:
+def build(name: str, *overrides: str, meta: bool = False) -> CTABModel:
     cfg = load_config(f"{CFG}/{name}.yaml", list(overrides)).model
     if meta:
         with torch.device("meta"):
-            return CTABDetector(cfg)
-    return CTABDetector(cfg)
+            return CTABModel(cfg)
+    return CTABModel(cfg)
 
 
 def millions(m: torch.nn.Module) -> float:
@@ -127,7 +127,7 @@ def tiny(synth_world):
     torch.manual_seed(0)
     model = build("mtl_ctab_synth", *overrides)
     ds = NuScenesDataset(synth_world.dataroot, synth_world.version, synth_world.train_split, image_size=(72, 128),
-                         radar_sweeps=2, lidar_sweeps=1, map_grid=model.seg_grid, map_classes=model.cfg.seg.classes)
+                         radar_sweeps=2, lidar_sweeps=1, map_grid=model.data_needs().map_grid, map_classes=model.cfg.seg.classes)
     return model, ds
 
 
@@ -139,7 +139,7 @@ def test_forward_loss_predict_and_gradients(tiny):
     assert out["seg_logits"].shape == (2, 7, 50, 50)
     losses = model.loss(out, batch)
     assert {"loss_det", "loss_seg", "det/heatmap", "det/bbox", "det/depth", "seg/focal", "seg/dice"} <= set(losses)
-    total = sum(v for k, v in losses.items() if k.startswith("loss"))
+    total = losses["loss"]
     assert torch.isfinite(total)
     total.backward()
     for name in ("ctab.gate_det", "ctab.gate_seg", "huw.log_sigma.det", "lss.depth_net.context_conv.weight",
@@ -158,7 +158,7 @@ def test_missing_sensors_are_handled_by_design(tiny, synth_world):
     model.eval()
     no_radar = NuScenesDataset(synth_world.dataroot, synth_world.version, synth_world.train_split,
                                image_size=(72, 128), drop_radar=True, drop_cameras=("CAM_BACK",), lidar_sweeps=0,
-                               map_grid=model.seg_grid, map_classes=model.cfg.seg.classes)
+                               map_grid=model.data_needs().map_grid, map_classes=model.cfg.seg.classes)
     batch = collate([no_radar[0]])
     with torch.no_grad():
         out = model(batch)
@@ -168,9 +168,9 @@ def test_missing_sensors_are_handled_by_design(tiny, synth_world):
 
 
 def test_converter_file_round_trip_through_init_from(tmp_path):
-    """`python -m bevbridge.models.detectors.ctab_checkpoint IN.pth OUT.safetensors`, then model.init_from=OUT."""
-    from bevbridge.engine.checkpoint import load_pretrained
-    from bevbridge.models.detectors.ctab_checkpoint import main
+    """`python -m bevbridge.models.ctab.rcbevdet_weights IN.pth OUT.safetensors`, then model.init_from=OUT."""
+    from bevbridge.weights import load_pretrained
+    from bevbridge.models.ctab.rcbevdet_weights import main
 
     src, dst = build("rcbevdet_r50_det_synth"), build("rcbevdet_r50_det_synth")
     torch.save({"state_dict": public_state_dict(src), "meta": {"epoch": 12}}, tmp_path / "rcbevdet.pth")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from bevbridge.geometry import BEVGrid, make_transform
-from bevbridge.models.bridges.ctab import CrossTaskAttentionBridge
+from bevbridge.models.ctab.bridge import CrossTaskAttentionBridge
 from bevbridge.models.fusion.camf import CAMF
 from bevbridge.models.lift.lss import LSSViewTransform
 

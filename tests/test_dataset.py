@@ -23,7 +23,7 @@ from bevbridge.data.nuscenes_info import (SCHEMA_VERSION, InfoCacheError, StaleI
                                           load_info_cache)
 from bevbridge.data.transforms import BEVAug, ImageAug, apply_bda_masks
 from bevbridge.geometry import BEVGrid, invert_transform, make_transform, rotation_z, transform_points
-from bevbridge.model_config import CTAB_MAP_CLASSES
+from bevbridge.models.ctab.config import CTAB_MAP_CLASSES
 
 MAP_GRID = BEVGrid.square(51.2, 0.512)  # CTAB's 200 x 200 target over the features' 102.4 m
 VEHICLES = {DETECTION_CLASSES.index(c) for c in ("car", "truck", "bus", "trailer", "construction_vehicle",

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from bevbridge.engine import checkpoint as ckpt_mod
-from bevbridge.engine.checkpoint import CheckpointManager, checkpoint_dir_of, load_pretrained, read_state, read_weights
+from bevbridge.engine.checkpoint import CheckpointManager, ModelWeights, model_weights, read_state
+from bevbridge.weights import checkpoint_dir_of, load_pretrained, read_weights
 from tests.engine_tiny import TinyModel
 
 
@@ -21,7 +22,7 @@ def _state(step):
 def test_save_load_weights_only(tmp_path):
     m = TinyModel()
     mgr = CheckpointManager(tmp_path / "checkpoints", keep_last=2)
-    d = mgr.save(5, m.state_dict(), _state(5), ema_state=m.state_dict())
+    d = mgr.save(5, model_weights(m), _state(5), ema_state=m.state_dict())
     assert d.name == "step_00000005" and mgr.latest() == d
     state = read_state(d)  # torch.load(weights_only=True) inside
     assert state["step"] == 5 and state["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.99)
@@ -35,14 +36,14 @@ def test_save_load_weights_only(tmp_path):
 def test_a_kill_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     m = TinyModel()
     mgr = CheckpointManager(tmp_path, keep_last=3)
-    good = mgr.save(1, m.state_dict(), _state(1))
+    good = mgr.save(1, model_weights(m), _state(1))
 
     def killed(*a, **k):
         raise KeyboardInterrupt  # as if the process died while writing state.pt
 
     monkeypatch.setattr(ckpt_mod.torch, "save", killed)
     with pytest.raises(KeyboardInterrupt):
-        mgr.save(2, m.state_dict(), _state(2))
+        mgr.save(2, model_weights(m), _state(2))
     assert mgr.latest() == good and not (tmp_path / "step_00000002").exists()
     assert read_state(good)["step"] == 1
     # a real kill leaves the temporary folder behind: it never counts as a checkpoint and the next save removes it
@@ -50,17 +51,17 @@ def test_a_kill_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch
     (tmp_path / ".step_00000002.tmpxyz" / "model.safetensors").write_bytes(b"half")
     assert mgr.all() == [good]
     monkeypatch.undo()
-    mgr.save(3, m.state_dict(), _state(3))
+    mgr.save(3, model_weights(m), _state(3))
     assert not list(tmp_path.glob(".step_*")) and [p.name for p in mgr.all()] == ["step_00000001", "step_00000003"]
 
 
 def test_keep_last_k_and_best(tmp_path):
     m = TinyModel()
     mgr = CheckpointManager(tmp_path, keep_last=2)
-    mgr.save(1, m.state_dict(), _state(1))
+    mgr.save(1, model_weights(m), _state(1))
     mgr.set_best(1, "tiny/mse", 0.5)
     for step in (2, 3, 4):
-        mgr.save(step, m.state_dict(), _state(step))
+        mgr.save(step, model_weights(m), _state(step))
     assert [p.name for p in mgr.all()] == ["step_00000001", "step_00000003", "step_00000004"]
     assert mgr.best()["checkpoint"] == "step_00000001"
 
@@ -95,12 +96,12 @@ def test_init_from_a_torch_state_dict_file(tmp_path):
 
 _SAVER = r"""
 import sys, torch
-from bevbridge.engine.checkpoint import CheckpointManager
+from bevbridge.engine.checkpoint import CheckpointManager, ModelWeights
 mgr = CheckpointManager(sys.argv[1], keep_last=2)
 print("ready", flush=True)
 for step in range(1, 10_000):
     w = {"w": torch.full((512, 1024), float(step))}  # 2 MB per file
-    mgr.save(step, w, {"step": step, "opt": torch.full((512, 1024), float(step))}, ema_state=w)
+    mgr.save(step, ModelWeights(w, "tiny"), {"step": step, "opt": torch.full((512, 1024), float(step))}, ema_state=w)
 """
 
 

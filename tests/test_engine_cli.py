@@ -15,15 +15,16 @@ import torch
 
 from bevbridge import cli
 from bevbridge.engine import build
-from bevbridge.experiment import DataConfig
+from bevbridge.config.schema import DataConfig
 from tests.engine_tiny import MSEEvaluator, TinyDataset, build_tiny
 
 
 @pytest.fixture
 def tiny_build(monkeypatch):
-    monkeypatch.setattr(build, "build_model", lambda cfg: build_tiny(cfg.train.seed))
-    monkeypatch.setattr(build, "build_datasets", lambda cfg, train=True: (TinyDataset(10), TinyDataset(5, start=100)))
-    monkeypatch.setattr(build, "build_evaluators", lambda cfg: {"tiny": MSEEvaluator()})
+    monkeypatch.setattr(build, "build_model", lambda cfg, init=True: build_tiny(cfg.train.seed))
+    monkeypatch.setattr(build, "build_datasets",
+                        lambda data, needs, seed=0, train=True: (TinyDataset(10), TinyDataset(5, start=100)))
+    monkeypatch.setattr(build, "build_evaluators", lambda cfg, needs, out_dir=None: {"tiny": MSEEvaluator()})
 
 
 @pytest.fixture
@@ -52,9 +53,19 @@ def test_train_resume_eval(tiny_build, config, tmp_path, capsys):
     assert metrics["checkpoint"].endswith("step_00000006/model.safetensors") and metrics["metrics"]["tiny/count"] == 5
 
 
-def test_resume_with_an_override_after_it_is_explained(tiny_build, config, capsys):
-    assert cli.main(["train", str(config), "--resume", "optim.lr=1e-3"]) == 2
-    assert "put key=value overrides before --resume" in capsys.readouterr().err
+def test_overrides_may_follow_the_options(tiny_build, config, tmp_path, capsys):
+    """Would catch: argparse rejecting `key=value` after an option ("unrecognized arguments"), or an override taken
+    as the value of a bare --resume."""
+    run = tmp_path / "run"
+    assert cli.main(["train", str(config), "--out", str(run), "--max-steps", "2", "train.ckpt_every=1",
+                     "train.keep_last=5"]) == 0
+    assert [p.name for p in sorted((run / "checkpoints").glob("step_*"))] == ["step_00000001", "step_00000002"]
+    assert cli.main(["train", str(config), "--out", str(run), "--resume", "train.ckpt_every=1", "--max-steps", "3",
+                     "train.keep_last=5"]) == 0
+    assert (run / "checkpoints" / "step_00000003").is_dir()
+    with pytest.raises(SystemExit) as e:  # argparse's usage error
+        cli.main(["train", str(config), "--out", str(run), "--bogus"])
+    assert e.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
 def test_eval_rejects_weights_of_another_model(tiny_build, config, tmp_path, capsys):
@@ -119,20 +130,30 @@ def test_missing_synth_writer_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_model_init_from_config_key(tmp_path, caplog):
+    """Would catch: init_prefix_map not applied (the renamed keys would then all be 'unexpected'), or a file that
+    does not exist silently skipped."""
     from safetensors.torch import save_file
 
     from bevbridge.config import load_config
 
+    caplog.set_level(logging.INFO, logger="bevbridge")
     src = build_tiny(seed=1)
-    save_file({k.replace("img_backbone.", "trunk."): v for k, v in src.state_dict().items()}, tmp_path / "p.safetensors")
-    (tmp_path / "c.yaml").write_text("name: x\n")
+    renamed = {k.replace("image_backbone.", "trunk."): v for k, v in src.state_dict().items()}
+    assert any(k.startswith("trunk.") for k in renamed)  # the map has something to do
+    save_file(renamed, tmp_path / "p.safetensors")
+    (tmp_path / "c.yaml").write_text("name: x\nmodel: {kind: ctab}\n")
     cfg = load_config(tmp_path / "c.yaml", [f"model.init_from={tmp_path / 'p.safetensors'}",
-                                            "model.init_prefix_map={trunk.: img_backbone.}"])
-    assert cfg.model.init_prefix_map == {"trunk.": "img_backbone."}
+                                            "model.init_prefix_map={trunk.: image_backbone.}"])
+    assert cfg.model.init_prefix_map == {"trunk.": "image_backbone."}
     dst = build_tiny(seed=2)
+    assert not torch.equal(src.image_backbone.weight, dst.image_backbone.weight)
     build.load_init_weights(dst, cfg)
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
-    assert "loaded 7 of 7 model tensors; 0 missing, 0 unexpected" in caplog.text
+    assert "loaded 7 tensors; 0 missing, 0 unexpected" in caplog.text
+    without_map = load_config(tmp_path / "c.yaml", [f"model.init_from={tmp_path / 'p.safetensors'}"])
+    fresh = build_tiny(seed=2)
+    build.load_init_weights(fresh, without_map)
+    assert not torch.equal(src.image_backbone.weight, fresh.image_backbone.weight)  # the trunk.* keys did not fit
     bad = load_config(tmp_path / "c.yaml", [f"model.init_from={tmp_path / 'nope.safetensors'}"])
     with pytest.raises(build.BuildError, match="model.init_from: weights not found: .*nope.safetensors"):
         build.load_init_weights(dst, bad)

@@ -14,7 +14,7 @@ from bevbridge.config import from_dict
 from bevbridge.engine.ema import ModelEMA
 from bevbridge.engine.optim import build_optimizer, param_groups, scaled_lr
 from bevbridge.engine.schedule import Schedule
-from bevbridge.experiment import OptimConfig, ScheduleConfig
+from bevbridge.config.schema import OptimConfig, ScheduleConfig
 from tests.engine_tiny import TinyModel
 
 
@@ -22,35 +22,59 @@ def _groups_by_name(model, **cfg):
     return {g["name"]: g for g in param_groups(model, OptimConfig(**cfg))}
 
 
-def test_param_groups_split_backbone_and_no_decay():
+def test_param_groups_by_prefix_and_no_decay():
+    """Would catch: the multiplier applied to the wrong parameters, 1-D parameters decayed, frozen ones included."""
     model = TinyModel()
     model.norm.weight.requires_grad_(False)  # frozen: left out
-    groups = _groups_by_name(model, backbone_lr_mult=0.1, weight_decay=0.05)
+    groups = _groups_by_name(model, lr_mult={"image_backbone.": 0.1}, weight_decay=0.05)
     ids = {name: {id(p) for p in g["params"]} for name, g in groups.items()}
-    assert ids["backbone"] == {id(model.image_backbone.weight)}
-    assert ids["backbone_no_decay"] == {id(model.image_backbone.bias)}
-    assert ids["decay"] == {id(model.head.weight)}
-    assert ids["no_decay"] == {id(model.head.bias), id(model.norm.bias), id(model.gate)}  # gate: a scalar
-    assert groups["backbone"]["lr_mult"] == groups["backbone_no_decay"]["lr_mult"] == 0.1
-    assert groups["decay"]["lr_mult"] == 1.0
-    assert groups["backbone"]["weight_decay"] == groups["decay"]["weight_decay"] == 0.05
-    assert groups["no_decay"]["weight_decay"] == groups["backbone_no_decay"]["weight_decay"] == 0.0
+    assert ids["image_backbone."] == {id(model.image_backbone.weight)}
+    assert ids["image_backbone./no_decay"] == {id(model.image_backbone.bias)}
+    assert ids["default"] == {id(model.head.weight)}
+    assert ids["default/no_decay"] == {id(model.head.bias), id(model.norm.bias), id(model.gate)}  # gate: a scalar
+    assert groups["image_backbone."]["lr_mult"] == groups["image_backbone./no_decay"]["lr_mult"] == 0.1
+    assert groups["default"]["lr_mult"] == 1.0
+    assert groups["image_backbone."]["weight_decay"] == groups["default"]["weight_decay"] == 0.05
+    assert groups["default/no_decay"]["weight_decay"] == groups["image_backbone./no_decay"]["weight_decay"] == 0.0
     n_trainable = sum(p.requires_grad for p in model.parameters())
     assert sum(len(g["params"]) for g in groups.values()) == n_trainable
 
 
+def test_longest_prefix_wins_and_weight_decay_multiplier():
+    """Would catch: the first (shorter) prefix taking precedence, or wd_mult ignored."""
+    model = TinyModel()
+    groups = param_groups(model, OptimConfig(lr_mult={"image_backbone.": 0.1, "image_backbone.weight": 2.0},
+                                             wd_mult={"head.": 0.0}, weight_decay=0.05))
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    assert by_param[id(model.image_backbone.weight)]["lr_mult"] == 2.0
+    assert by_param[id(model.image_backbone.bias)]["lr_mult"] == 0.1
+    assert by_param[id(model.head.weight)]["weight_decay"] == 0.0  # wd x 0
+    assert by_param[id(model.norm.weight)]["weight_decay"] == 0.0  # 1-D
+    assert len({g["name"] for g in groups}) == len(groups)  # names are distinct
+
+
+def test_a_prefix_that_matches_nothing_is_an_error_naming_it():
+    """Would catch: a typo in optim.lr_mult silently training everything at the full rate."""
+    with pytest.raises(ValueError, match=r"optim.lr_mult: prefix 'img_backbone.' matches no trainable parameter"):
+        param_groups(TinyModel(), OptimConfig(lr_mult={"img_backbone.": 0.1}))
+    model = TinyModel()
+    model.head.requires_grad_(False)  # frozen parameters do not count as a match
+    with pytest.raises(ValueError, match="'head.'"):
+        param_groups(model, OptimConfig(wd_mult={"head.": 0.5}))
+
+
 def test_decay_1d_params_restores_decay_everywhere():
-    groups = _groups_by_name(TinyModel(), decay_1d_params=True)
-    assert set(groups) == {"backbone", "decay"}
+    groups = _groups_by_name(TinyModel(), decay_1d_params=True, lr_mult={"image_backbone.": 0.5})
+    assert set(groups) == {"image_backbone.", "default"}
 
 
 def test_optimizer_lr_per_group_and_linear_scaling_rule():
-    cfg = OptimConfig(lr=4e-4, backbone_lr_mult=0.1, base_batch=32)
+    cfg = OptimConfig(lr=4e-4, lr_mult={"image_backbone.": 0.1}, base_batch=32)
     assert scaled_lr(cfg, 64) == pytest.approx(8e-4)
     assert scaled_lr(OptimConfig(lr=4e-4), 64) == 4e-4  # no base_batch: used as given
     opt = build_optimizer(TinyModel(), cfg, scaled_lr(cfg, 16))
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
-    assert lrs["backbone"] == pytest.approx(2e-5) and lrs["decay"] == pytest.approx(2e-4)
+    assert lrs["image_backbone."] == pytest.approx(2e-5) and lrs["default"] == pytest.approx(2e-4)
 
 
 def test_ctab_cosine_schedule_peak_and_warmup():

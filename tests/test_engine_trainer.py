@@ -159,13 +159,13 @@ def test_fp16_on_cpu_falls_back_to_bf16(tmp_path, caplog):
 def test_model_scalars_and_losses_reach_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    t = _trainer(tiny_config(train={"max_steps": 4}), tmp_path / "run")
+    t = _trainer(tiny_config(train={"max_steps": 4}, optim={"lr_mult": {"image_backbone.": 0.1}}), tmp_path / "run")
     t.fit()
     t.run_log.close()
     acc = EventAccumulator(str(tmp_path / "run" / "tb"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    for tag in ("train/loss", "train/loss_reg", "train/loss_gate", "train/mae", "train/lr", "train/lr_backbone",
+    for tag in ("train/loss", "train/loss_reg", "train/loss_gate", "train/mae", "train/lr", "train/lr_image_backbone.",
                 "train/grad_norm", "train/samples_per_s", "model/gate", "eval/tiny/mse"):
         assert tag in tags, (tag, sorted(tags))
     assert [e.step for e in acc.Scalars("train/loss")] == [2, 4]

@@ -41,7 +41,7 @@ class BEVAug:
     scale_range: tuple[float, float] = (0.95, 1.05)
     flip_x_prob: float = 0.5
     flip_y_prob: float = 0.5
-    masks: str = "warp"  # "warp" (CTAB Sec. IV-B) or "redraw"; see bevbridge.experiment.BEVAugConfig
+    masks: str = "warp"  # "warp" (CTAB Sec. IV-B) or "redraw"; see bevbridge.config.schema.BEVAugConfig
 
     def __post_init__(self) -> None:
         if self.masks not in ("warp", "redraw"):

@@ -1,8 +1,13 @@
-"""The one place that turns a config into the objects the CLI needs: model, datasets, evaluators, exporter.
+"""The builder: the one place that turns an experiment config into the objects the commands need.
 
-Plain if/else on the config's kinds, no registries: to see which class runs for a config, read this file. Each
-builder raises :class:`BuildError` (one line, printed by the CLI without a traceback) when the config asks for
-something that does not exist yet or cannot be found.
+    model = build_model(cfg)                                  # the model of cfg.model.kind (+ init_from, freeze)
+    train_set, val_set = build_datasets(cfg.data, model.data_needs(), seed=cfg.train.seed)
+    evaluators = build_evaluators(cfg, model.data_needs())
+
+Plain if/else on ``model.kind``, no registries: to see which class runs for a config, read :func:`build_model`.
+The datasets are built from ``data.*`` and the model's :class:`~bevbridge.models.contract.DataNeeds` only; no
+model key is read here. Each builder raises :class:`BuildError` (one line, printed by the CLI without a traceback)
+when the config asks for something that does not exist or cannot be found.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
+from bevbridge.config.schema import DataConfig, ExperimentConfig
 from bevbridge.engine.errors import BuildError
-from bevbridge.engine.evaluation import Evaluator
+from bevbridge.engine.eval_loop import Evaluator
 from bevbridge.engine.rng import seed_everything
-from bevbridge.experiment import DataConfig, ExperimentConfig
+from bevbridge.models.contract import DataNeeds
 
 __all__ = ["BuildError", "build_model", "build_datasets", "build_evaluators", "build_exporter", "ensure_dataset",
-           "DEFAULT_SYNTH_ROOT"]
+           "load_init_weights", "dataset_options", "DEFAULT_SYNTH_ROOT"]
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +43,51 @@ def _import(module: str, what: str, issue: str) -> Any:
         raise
 
 
-def build_model(cfg: ExperimentConfig) -> nn.Module:
-    """The model of ``cfg.model`` (seeded with train.seed), with ``model.init_from`` weights loaded if set."""
+def build_model(cfg: ExperimentConfig, *, init: bool = True) -> nn.Module:
+    """The model of ``cfg.model`` (seeded with train.seed); with ``init``, ``model.init_from`` weights are loaded and
+    ``model.freeze`` applied. Building under ``torch.device("meta")`` gives a weightless model (``bevbridge summary``).
+    """
     m = cfg.model
-    kind = getattr(m, "kind", None)
-    if m is None or kind is None:
+    if m is None:
         raise BuildError("the config has no model section with a `kind` (e.g. model: {kind: ctab}); see configs/",
                          code=3)
     seed_everything(cfg.train.seed)
-    if kind == "ctab":
-        from bevbridge.models.detectors.ctab import CTABDetector
+    if m.kind == "ctab":
+        from bevbridge.models.ctab.model import CTABModel
 
-        return CTABDetector(m)
-    raise BuildError(f"model.kind {kind!r} is not known to bevbridge/engine/build.py")  # pragma: no cover
+        model: nn.Module = CTABModel(m)
+    else:  # pragma: no cover - the schema union admits only the kinds above
+        raise BuildError(f"model.kind {m.kind!r} is not known to bevbridge/engine/build.py")
+    if init:
+        load_init_weights(model, cfg)
+        apply_freeze(model, m.freeze)
+    return model
 
 
 def load_init_weights(model: nn.Module, cfg: ExperimentConfig) -> None:
     """Apply ``model.init_from`` (with ``model.init_prefix_map``) to a freshly built model."""
     if cfg.model is None or cfg.model.init_from is None:
         return
-    from bevbridge.engine.checkpoint import load_pretrained
+    from bevbridge.weights import load_pretrained
 
     try:
         load_pretrained(model, cfg.model.init_from, cfg.model.init_prefix_map)
     except (FileNotFoundError, ValueError) as e:
         raise BuildError(f"model.init_from: {e}") from None
+
+
+def apply_freeze(model: nn.Module, names: tuple[str, ...]) -> None:
+    """Freeze the sub-modules named in ``model.freeze`` (bevbridge/models/freeze.py)."""
+    from bevbridge.models.freeze import freeze
+
+    for name in names:
+        try:
+            sub = model.get_submodule(name.rstrip("."))
+        except AttributeError:
+            top = ", ".join(n for n, _ in model.named_children())
+            raise BuildError(f"model.freeze: {name!r} is not a sub-module of the model (top level: {top})") from None
+        freeze(sub)
+        log.info("model.freeze: %s frozen (%d parameters)", name, sum(p.numel() for p in sub.parameters()))
 
 
 def ensure_dataset(data: DataConfig) -> Path:
@@ -90,26 +116,49 @@ def ensure_dataset(data: DataConfig) -> Path:
     return root
 
 
-def _dataset_options(cfg: ExperimentConfig, train: bool) -> dict[str, Any]:
-    """NuScenesDataset options: the data section, plus what the model decides (frames, radar, targets, range)."""
-    from bevbridge.data.transforms import BEVAug, ImageAug
-    from bevbridge.geometry import BEVGrid
+def _check_sensor(name: str, use: str, sweeps: int, dropped: bool, key: str) -> bool:
+    """Whether to load a sensor: the model's use of it against the data section's settings."""
+    if use == "no":
+        if sweeps and not dropped:
+            log.debug("data.%s=%d: not loaded, the model does not use %s", key, sweeps, name)
+        return False
+    off = sweeps == 0 or dropped
+    if off and use == "required":
+        why = f"data.{key} is 0" if sweeps == 0 else f"data.drop_{name.lower()} is set"
+        raise BuildError(f"the model requires {name} but {why}: set data.{key} >= 1 and leave the sensor on")
+    if off:
+        log.warning("the model uses %s when present, but %s: training and evaluating without it", name,
+                    f"data.{key} is 0" if sweeps == 0 else f"data.drop_{name.lower()} is set")
+    return True
 
-    d, m = cfg.data, cfg.model
-    image_size = tuple(d.image_size or m.image.input_size)
-    g = m.grid
+
+def dataset_options(data: DataConfig, needs: DataNeeds, train: bool) -> dict[str, Any]:
+    """NuScenesDataset options from the data section and the model's needs (nothing else)."""
+    from bevbridge.data.transforms import BEVAug, ImageAug
+
+    d = data
+    image_size = tuple(d.image_size) if d.image_size is not None else needs.image_size
+    radar = _check_sensor("radar", needs.radar, d.radar_sweeps, d.drop_radar, "radar_sweeps")
+    lidar = _check_sensor("LiDAR", needs.lidar, d.lidar_sweeps, d.drop_lidar, "lidar_sweeps")
+    cameras = d.cameras if needs.images else ()
+    if needs.images and not cameras:
+        raise BuildError("the model needs camera images but data.cameras is empty")
     opts: dict[str, Any] = dict(
-        cameras=d.cameras, image_size=image_size, train=train, num_past_frames=m.depth.num_past_frames,
-        radar_sweeps=d.radar_sweeps if m.radar.enabled else 0, radar_features=m.radar.features,
-        radar_max_points=d.radar_max_points, lidar_sweeps=d.lidar_sweeps if m.depth.loss_weight > 0 else 0,
-        box_range=(g.xmin, g.ymin, g.xmax, g.ymax), min_points=d.min_points, captions=d.captions,
+        cameras=cameras, image_size=image_size, train=train, num_past_frames=needs.num_past_frames,
+        radar_sweeps=d.radar_sweeps if radar else 0, radar_max_points=d.radar_max_points, lidar_sweeps=d.lidar_sweeps if lidar else 0,
+        box_range=needs.box_range, min_points=d.min_points, captions=d.captions if needs.captions else None,
         drop_cameras=d.drop_cameras, drop_radar=d.drop_radar, drop_lidar=d.drop_lidar,
         seed=None,  # augmentation from the engine's per-(seed, epoch, index) RNG
     )
-    if m.seg is not None:
-        opts["map_grid"] = BEVGrid(g.xmin, g.xmax, g.ymin, g.ymax, (g.xmax - g.xmin) / m.seg.out_size)
-        opts["map_classes"] = m.seg.classes
-    if train and d.image_aug is not None:
+    if radar:
+        opts["radar_features"] = needs.radar_features
+    if needs.captions and d.captions is None:
+        raise BuildError("the model needs captions but data.captions is not set (e.g. "
+                         "data.captions=v1.0-mini/final_caption_bbox_token.json)")
+    if needs.map_grid is not None:
+        opts["map_grid"] = needs.map_grid
+        opts["map_classes"] = needs.map_classes
+    if train and d.image_aug is not None and needs.images:
         a = d.image_aug
         opts["image_aug"] = ImageAug(image_size, a.resize_range, a.rot_range, a.flip, a.crop_h_range)
     if train and d.bev_aug is not None:
@@ -118,46 +167,51 @@ def _dataset_options(cfg: ExperimentConfig, train: bool) -> dict[str, Any]:
     return opts
 
 
-def build_datasets(cfg: ExperimentConfig, train: bool = True) -> tuple[Dataset | None, Dataset]:
-    """(train set or None, validation set) from the data section; the data root is ensured first."""
-    root = ensure_dataset(cfg.data)
-    if cfg.model is None:
-        raise BuildError("the dataset options depend on the model: the config has no model section", code=3)
+def build_datasets(data: DataConfig, needs: DataNeeds, *, seed: int = 0, train: bool = True,
+                   ) -> tuple[Dataset | None, Dataset]:
+    """(train set or None, validation set) from the data section and the model's needs; the dataroot is ensured
+    first. ``seed`` orders CBGS's resampling."""
+    root = ensure_dataset(data)
     from bevbridge.data.batch import DETECTION_CLASSES
     from bevbridge.data.cbgs import CBGSDataset
     from bevbridge.data.nuscenes import NuScenesDataset
 
-    d = cfg.data
+    d = data
+    log.info("dataset %s (%s): %s", root, d.version, needs.describe())
     try:
-        val_set = NuScenesDataset(root, d.version, d.val_split, **_dataset_options(cfg, train=False))
+        val_set = NuScenesDataset(root, d.version, d.val_split, **dataset_options(d, needs, train=False))
         train_set = None
         if train:
-            train_set = NuScenesDataset(root, d.version, d.train_split, **_dataset_options(cfg, train=True))
+            train_set = NuScenesDataset(root, d.version, d.train_split, **dataset_options(d, needs, train=True))
             if d.cbgs:
-                train_set = CBGSDataset(train_set, len(DETECTION_CLASSES), seed=cfg.train.seed)
+                train_set = CBGSDataset(train_set, len(DETECTION_CLASSES), seed=seed)
     except (FileNotFoundError, ValueError) as e:
         raise BuildError(f"data: {e}") from None
     return train_set, val_set
 
 
-def build_evaluators(cfg: ExperimentConfig, out_dir: Path | None = None) -> dict[str, Evaluator]:
-    """The evaluators listed in ``eval.evaluators``, keyed by name (metrics are logged as ``<name>/<metric>``)."""
-    from bevbridge.engine.evaluators import DetectionEvaluator, SegmentationEvaluator
+def build_evaluators(cfg: ExperimentConfig, needs: DataNeeds, out_dir: Path | None = None) -> dict[str, Evaluator]:
+    """The evaluators listed in ``eval.evaluators``, keyed by name (metrics are logged as ``<name>/<metric>``).
+
+    Each must be a task the model predicts (``needs.tasks``)."""
+    from bevbridge.eval.evaluators import CaptioningEvaluator, DetectionEvaluator, SegmentationEvaluator
 
     out: dict[str, Evaluator] = {}
     for name in cfg.eval.evaluators:
+        if name not in needs.tasks:
+            raise BuildError(f"eval.evaluators has {name!r} but this model predicts only "
+                             f"{', '.join(needs.tasks) or 'nothing'}")
         if name == "detection":
             out[name] = DetectionEvaluator(cfg.data.dataroot, cfg.data.version, cfg.data.val_split, out_dir)
         elif name == "segmentation":
-            if cfg.model is None or cfg.model.seg is None:
-                raise BuildError("eval.evaluators has 'segmentation' but the model has no segmentation branch "
-                                 "(model.seg)")
-            out[name] = SegmentationEvaluator(tuple(cfg.model.seg.classes))
+            out[name] = SegmentationEvaluator(tuple(needs.map_classes))
+        elif name == "captioning":
+            out[name] = CaptioningEvaluator()
     return out
 
 
 def build_exporter(cfg: ExperimentConfig, out: Path) -> Evaluator:
     """An evaluator whose ``compute()`` writes the devkit detection results JSON to ``out``."""
-    from bevbridge.engine.evaluators import DetectionExporter
+    from bevbridge.eval.evaluators import DetectionExporter
 
     return DetectionExporter(cfg.data.dataroot, cfg.data.version, cfg.data.val_split, out)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from bevbridge.config import load_config
 from bevbridge.engine import build, distributed
-from bevbridge.engine.checkpoint import checkpoint_dir_of, read_weights
+from bevbridge.engine.checkpoint import load_model_state
 from bevbridge.engine.run_log import add_file_log, write_metrics
+from bevbridge.weights import checkpoint_dir_of, read_weights
 
-__all__ = ["train", "evaluate", "infer", "viz"]
+__all__ = ["train", "evaluate", "infer", "viz", "summary"]
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,11 @@ def _run_dir(cfg, out: str | None) -> Path:
 def train(args: argparse.Namespace) -> int:
     from bevbridge.engine.trainer import Trainer
 
-    if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
-        raise build.BuildError(f"--resume {args.resume!r}: not a checkpoint path; put key=value overrides before "
-                               f"--resume")
     cfg = load_config(args.config, args.overrides)
     model = build.build_model(cfg)
-    build.load_init_weights(model, cfg)
-    train_set, val_set = build.build_datasets(cfg)
-    evaluators = build.build_evaluators(cfg)
+    needs = model.data_needs()
+    train_set, val_set = build.build_datasets(cfg.data, needs, seed=cfg.train.seed)
+    evaluators = build.build_evaluators(cfg, needs)
     run_dir = _run_dir(cfg, args.out)
     handler = add_file_log(run_dir / "train.log") if os.environ.get("RANK", "0") == "0" else None
     try:
@@ -56,15 +54,13 @@ def train(args: argparse.Namespace) -> int:
 def _load_for_inference(args: argparse.Namespace):
     """(cfg, model on its device with the checkpoint's weights, device, what was loaded)."""
     cfg = load_config(args.config, args.overrides)
-    model = build.build_model(cfg)
+    model = build.build_model(cfg, init=False)
     try:
-        state, source = read_weights(args.ckpt, prefer_ema=cfg.eval.use_ema)
+        state, source = read_weights(args.ckpt, prefer_ema=cfg.eval.use_ema, kind=model.kind)
+        load_model_state(model, state, source)
     except (FileNotFoundError, ValueError) as e:
         raise build.BuildError(f"--ckpt: {e}") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise build.BuildError(f"--ckpt {source}: the weights do not fit this model ({str(e).splitlines()[0]})") from None
+    build.apply_freeze(model, cfg.model.freeze if cfg.model is not None else ())
     device = distributed.select_device(cfg.train.device)
     distributed.setup(device)
     log.info("loaded %s", source)
@@ -83,11 +79,12 @@ def _default_eval_dir(cfg, ckpt: str) -> Path:
 
 def evaluate(args: argparse.Namespace) -> int:
     from bevbridge.engine.amp import Precision
-    from bevbridge.engine.evaluation import run_evaluation
+    from bevbridge.engine.eval_loop import run_evaluation
 
     cfg, model, device, source = _load_for_inference(args)
-    _, val_set = build.build_datasets(cfg, train=False)
-    evaluators = build.build_evaluators(cfg)
+    needs = model.data_needs()
+    _, val_set = build.build_datasets(cfg.data, needs, train=False)
+    evaluators = build.build_evaluators(cfg, needs)
     if not evaluators:
         raise build.BuildError("eval.evaluators is empty: nothing to compute (e.g. eval.evaluators=[detection])")
     metrics = run_evaluation(model, val_set, evaluators, batch_size=cfg.eval.batch_size or cfg.data.batch_size,
@@ -104,12 +101,12 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def infer(args: argparse.Namespace) -> int:
     from bevbridge.engine.amp import Precision
-    from bevbridge.engine.evaluation import run_evaluation
+    from bevbridge.engine.eval_loop import run_evaluation
 
     cfg, model, device, source = _load_for_inference(args)
     out = Path(args.out)
     exporter = build.build_exporter(cfg, out)
-    _, val_set = build.build_datasets(cfg, train=False)
+    _, val_set = build.build_datasets(cfg.data, model.data_needs(), train=False)
     run_evaluation(model, val_set, {"export": exporter}, batch_size=cfg.eval.batch_size or cfg.data.batch_size,
                    num_workers=cfg.data.num_workers, device=device, precision=Precision(cfg.train.amp, device),
                    desc="infer")
@@ -125,22 +122,36 @@ def viz(args: argparse.Namespace) -> int:
 
     if args.ckpt:
         cfg, model, device, source = _load_for_inference(args)
+        needs = model.data_needs()
     else:
         cfg, model, source = load_config(args.config, args.overrides), None, None
-    _, val_set = build.build_datasets(cfg, train=False)
+        if cfg.model is None:
+            raise build.BuildError("viz needs a config with a model section (it decides what the data holds)")
+        needs = cfg.model.data_needs()
+    _, val_set = build.build_datasets(cfg.data, needs, train=False)
     n = len(val_set)
     k = max(1, min(args.samples, n))
     indices = sorted({int(round(i * (n - 1) / max(k - 1, 1))) for i in range(k)})
     out = Path(args.out)
-    seg_grid = getattr(model, "seg_grid", None) if model is not None else None
-    if seg_grid is None and cfg.model is not None and cfg.model.seg is not None:
-        from bevbridge.geometry import BEVGrid
-
-        g = cfg.model.grid
-        seg_grid = BEVGrid(g.xmin, g.xmax, g.ymin, g.ymax, (g.xmax - g.xmin) / cfg.model.seg.out_size)
+    seg_grid = needs.map_grid
     figures = render_samples(model, val_set, indices, out, seg_grid)
     what = f"predictions of {source}" if source else "ground truth only (no --ckpt)"
     page = write_report(out, f"bevbridge viz: {cfg.name}", [], figures,
                         [f"{cfg.data.dataroot} {cfg.data.version} {cfg.data.val_split}: samples {indices}; {what}."])
     print(f"wrote {len(figures)} figures and {page}")
+    return 0
+
+
+def summary(args: argparse.Namespace) -> int:
+    """Parameters per top-level module (trainable / frozen) and forward FLOPs of one sample (engine/summary.py)."""
+    import json
+
+    from bevbridge.engine.summary import format_summary, summarize
+
+    cfg = load_config(args.config, args.overrides)
+    report = summarize(cfg, device=args.device, flops=not args.no_flops, config_path=args.config)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(format_summary(report))
     return 0

@@ -47,8 +47,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     build.ensure_dataset(cfg.data)
     model = build.build_model(cfg)
-    train_set, val_set = build.build_datasets(cfg)
-    evaluators = build.build_evaluators(cfg, out_dir=out)
+    needs = model.data_needs()
+    train_set, val_set = build.build_datasets(cfg.data, needs, seed=cfg.train.seed)
+    evaluators = build.build_evaluators(cfg, needs, out_dir=out)
     trainer = Trainer(cfg, model, train_set, val_set, evaluators, out)
     budget = args.minutes * 60 - (time.perf_counter() - t0) - EVAL_AND_REPORT_RESERVE_S
     log.info("training %s for at most %d steps or %.0f s", cfg.name, cfg.train.max_steps, max(budget, 0))
@@ -65,7 +66,7 @@ def run_demo(args: argparse.Namespace) -> int:
              "Numbers on the synthetic world measure that the pipeline learns; they are not comparable to nuScenes."]
     use_ema = cfg.eval.use_ema and trainer.ema is not None
     with trainer.ema.applied_to(model) if use_ema else contextlib.nullcontext():  # the weights that were evaluated
-        report = render_run_report(out, model, val_set, metrics, read_scalars(out), getattr(model, "seg_grid", None),
+        report = render_run_report(out, model, val_set, metrics, read_scalars(out), needs.map_grid,
                                    title="bevbridge demo: CTAB on the synthetic world", notes=notes)
     elapsed = time.perf_counter() - t0
     keys = ("detection/mAP", "detection/NDS", "segmentation/mIoU-7@max", "segmentation/mIoU-4@max")

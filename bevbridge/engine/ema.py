@@ -20,6 +20,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from bevbridge.models.freeze import frozen_modules
+
 __all__ = ["ModelEMA"]
 
 
@@ -28,9 +30,11 @@ class ModelEMA:
         self.decay = decay
         self.ramp = ramp
         self.updates = updates
+        # frozen sub-modules (a teacher, a language model) never change: no shadow copy of them
+        frozen = tuple(f"{name}." for name in frozen_modules(model) if name)
         self.shadow: dict[str, torch.Tensor] = {
             k: (v.detach().clone().float() if v.is_floating_point() else v.detach().clone())
-            for k, v in model.state_dict().items()
+            for k, v in model.state_dict().items() if not (frozen and k.startswith(frozen))
         }
 
     def current_decay(self) -> float:
@@ -42,7 +46,9 @@ class ModelEMA:
         d = self.current_decay()
         float_ema, float_model = [], []
         for k, v in model.state_dict().items():
-            e = self.shadow[k]
+            e = self.shadow.get(k)
+            if e is None:  # a frozen module's
+                continue
             if e.is_floating_point():
                 float_ema.append(e)
                 float_model.append(v.detach().float())
@@ -66,9 +72,9 @@ class ModelEMA:
     @contextlib.contextmanager
     def applied_to(self, model: nn.Module) -> Iterator[nn.Module]:
         """Temporarily load the averaged weights into ``model`` (e.g. to evaluate them), then restore its own."""
-        backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(self.shadow)
+        backup = {k: v.detach().clone() for k, v in model.state_dict().items() if k in self.shadow}
+        model.load_state_dict(self.shadow, strict=False)
         try:
             yield model
         finally:
-            model.load_state_dict(backup)
+            model.load_state_dict(backup, strict=False)

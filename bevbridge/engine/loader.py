@@ -8,7 +8,7 @@ them) and tags each index with its epoch, so :class:`SeededDataset` can seed eac
 (seed, epoch, index) (engine/rng.py).
 
 Evaluation order: a ``DistributedSampler`` without shuffling. It pads the last round with repeats so every rank
-runs the same number of batches; engine/evaluation.py drops the repeats by sample token.
+runs the same number of batches; engine/eval_loop.py drops the repeats by sample token.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from bevbridge.experiment import ScheduleConfig
+from bevbridge.config.schema import ScheduleConfig
 
 __all__ = ["Schedule"]
 

@@ -1,4 +1,4 @@
-"""The training loop: one Trainer for every model that follows the contract in bevbridge/models/base.py.
+"""The training loop: one Trainer for every model that follows the contract in bevbridge/models/contract.py.
 
     trainer = Trainer(cfg, model, train_set, val_set, evaluators, out_dir)
     result = trainer.fit(resume=None, stop_at=None)
@@ -6,8 +6,9 @@
 One step = ``train.grad_accum`` micro-batches of ``data.batch_size`` samples per process, then one AdamW step:
 
 1. the schedule sets every group's lr (and beta1) for this step (engine/schedule.py);
-2. each micro-batch: forward under autocast, ``model.loss``, sum of the entries named ``loss*`` / grad_accum,
-   backward (DDP reduces gradients on the last micro-batch only);
+2. each micro-batch: the model's forward under autocast and ``model.loss`` in float32, both inside the one module
+   DDP wraps (engine/train_step.py); its ``"loss"`` / grad_accum goes backward (DDP reduces gradients on the last
+   micro-batch only);
 3. a non-finite loss on any rank skips the step on every rank (logged); so does a non-finite gradient norm
    (except under fp16, where the GradScaler skips overflowing steps itself); ``train.max_bad_steps`` skipped steps
    in a row abort training with :class:`TrainingDiverged`;
@@ -39,17 +40,20 @@ from bevbridge.config import save_config, to_dict
 from bevbridge.data.batch import collate
 from bevbridge.engine import distributed
 from bevbridge.engine.amp import Precision
-from bevbridge.engine.checkpoint import CheckpointManager, checkpoint_dir_of, read_state
+from bevbridge.engine.checkpoint import (CheckpointManager, checkpoint_dir_of, load_model_state, model_weights,
+                                        read_state)
 from bevbridge.engine.ema import ModelEMA
 from bevbridge.engine.errors import EngineError, TrainingDiverged
-from bevbridge.engine.evaluation import Evaluator, run_evaluation
+from bevbridge.engine.eval_loop import Evaluator, run_evaluation
 from bevbridge.engine.loader import train_loader
 from bevbridge.engine.optim import build_optimizer, scaled_lr
 from bevbridge.engine.rng import get_rng_state, preserved_rng, seed_everything, set_rng_state
 from bevbridge.engine.run_log import RunLog, write_metrics
 from bevbridge.engine.schedule import Schedule
-from bevbridge.experiment import ExperimentConfig
+from bevbridge.engine.train_step import TrainStep, check_losses
+from bevbridge.config.schema import ExperimentConfig
 from bevbridge.log import progress
+from bevbridge.weights import EMA_FILE, MODEL_FILE
 
 __all__ = ["Trainer", "FitResult"]
 
@@ -78,15 +82,20 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
             torch.use_deterministic_algorithms(True)
         self.module = model.to(self.device)
-        self.model: nn.Module = self.module
+        self.precision = Precision(t.amp, self.device)
+        # forward + loss in one module, and DDP wraps that one (engine/train_step.py says why)
+        self.train_step_module = TrainStep(self.module, self.precision)
+        self.model: nn.Module = self.train_step_module
         if self.dist.distributed:
             self.model = nn.parallel.DistributedDataParallel(
-                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                self.train_step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=t.find_unused_parameters)
-        self.precision = Precision(t.amp, self.device)
         self.global_batch = cfg.data.batch_size * self.dist.world_size * t.grad_accum
         peak = scaled_lr(cfg.optim, self.global_batch)
-        self.optimizer = build_optimizer(self.module, cfg.optim, peak)
+        try:
+            self.optimizer = build_optimizer(self.module, cfg.optim, peak)
+        except ValueError as e:
+            raise EngineError(str(e)) from None
         self.ema = ModelEMA(self.module, t.ema_decay, t.ema_ramp, t.ema_init_updates) if t.ema else None
         self.loader, self.sampler = train_loader(train_set, cfg.data.batch_size, cfg.data.num_workers, t.seed,
                                                  self.dist, self.device, collate_fn)
@@ -197,10 +206,8 @@ class Trainer:
             last = micro == t.grad_accum - 1
             sync = contextlib.nullcontext() if last or not self.dist.distributed else self.model.no_sync()
             with sync:
-                with self.precision.autocast():
-                    outputs = self.model(batch)
-                    losses = self.module.loss(outputs, batch)
-                total = _total_loss(losses)
+                losses = self.model(batch)
+                total = check_losses(losses)
                 finite = bool(torch.isfinite(total).item())
                 if distributed.any_true(not finite, self.device):
                     bad = "non-finite loss on some process (here: " + ", ".join(
@@ -210,7 +217,6 @@ class Trainer:
             for k, v in losses.items():
                 v = v.detach().float().mean() if torch.is_tensor(v) else torch.tensor(float(v))
                 logs[k] = logs.get(k, 0) + v / t.grad_accum
-            logs["loss"] = logs.get("loss", 0) + total.detach().float() / t.grad_accum
         grad_norm = float("nan")
         if not bad:
             self.precision.unscale_(opt)
@@ -318,8 +324,12 @@ class Trainer:
         state = self.state_dict()
         path = self.ckpts.path(self.step)
         if self.dist.is_main:
-            ema = self.ema.state_dict() if self.ema is not None else None
-            path = self.ckpts.save(self.step, self.module.state_dict(), state, ema)
+            weights = model_weights(self.module)
+            ema = None
+            if self.ema is not None:  # frozen modules have no EMA: their weights are the model's
+                shadow = self.ema.state_dict()
+                ema = {k: shadow.get(k, v) for k, v in weights.state.items()}
+            path = self.ckpts.save(self.step, weights, state, ema)
             log.info("checkpoint %s", path)
         distributed.barrier()
         self.last_checkpoint = path
@@ -335,9 +345,9 @@ class Trainer:
             raise EngineError(f"--resume: {e}") from None
         self._warn_config_changes()
         try:
-            self.module.load_state_dict(load_file(ckpt / "model.safetensors"))
-        except RuntimeError as e:
-            raise EngineError(f"--resume {ckpt}: the weights do not fit this model ({str(e).splitlines()[0]})") from None
+            load_model_state(self.module, load_file(ckpt / MODEL_FILE), str(ckpt / MODEL_FILE))
+        except ValueError as e:
+            raise EngineError(f"--resume: {e}") from None
         state = read_state(ckpt)
         if state.get("format") != STATE_FORMAT:
             raise EngineError(f"--resume {ckpt}: training-state format {state.get('format')} is not {STATE_FORMAT}")
@@ -346,8 +356,8 @@ class Trainer:
         except ValueError as e:
             raise EngineError(f"--resume {ckpt}: optimizer state does not fit ({e})") from None
         if self.ema is not None:
-            if (ckpt / "ema.safetensors").is_file():
-                self.ema.load_state_dict(load_file(ckpt / "ema.safetensors"), int(state["ema_updates"]))
+            if (ckpt / EMA_FILE).is_file():
+                self.ema.load_state_dict(load_file(ckpt / EMA_FILE), int(state["ema_updates"]))
             else:
                 log.warning("--resume %s: no EMA weights in the checkpoint; the EMA restarts from the weights", ckpt)
         self.precision.load_state_dict(state["scaler"])
@@ -377,17 +387,6 @@ class Trainer:
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         if changed:
             log.warning("--resume: config differs from %s in: %s", saved, ", ".join(changed))
-
-
-def _total_loss(losses: Mapping[str, Any]) -> torch.Tensor:
-    terms = {k: v for k, v in losses.items() if k.startswith("loss")}
-    if not terms:
-        raise EngineError(f"model.loss returned no entry named loss* (got: {', '.join(losses) or 'nothing'})")
-    for k, v in terms.items():
-        if not torch.is_tensor(v) or v.numel() != 1:
-            raise EngineError(f"model.loss entry {k!r} must be a scalar tensor, got {type(v).__name__} "
-                              f"{tuple(v.shape) if torch.is_tensor(v) else v!r}")
-    return sum(v.float().reshape(()) for v in terms.values())  # type: ignore[return-value]
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

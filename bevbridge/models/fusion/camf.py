@@ -8,7 +8,7 @@
       conv3x3(512 -> 256)-BN-ReLU, concat with the 512 inputs, 3 x conv3x3-BN-ReLU (768 -> 256 -> 256 -> 256).
 
 Reference points are the cell centres of the BEV map. Parameter names follow the public code where it matters for
-checkpoint loading (see ctab_checkpoint.py).
+checkpoint loading (see models/ctab/rcbevdet_weights.py).
 """
 
 from __future__ import annotations

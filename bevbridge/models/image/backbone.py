@@ -14,6 +14,8 @@ import timm
 import torch
 from torch import nn
 
+from bevbridge.models.meta import on_meta_device
+
 __all__ = ["ImageBackbone"]
 
 
@@ -30,6 +32,8 @@ class ImageBackbone(nn.Module):
     def __init__(self, name: str = "resnet50", out_indices: tuple[int, ...] = (3, 4),
                  pretrained_path: str | None = None, frozen: bool = False, **timm_kwargs):
         super().__init__()
+        if on_meta_device():
+            pretrained_path = None  # a weightless build (bevbridge summary): nothing to load
         if pretrained_path is not None and not Path(pretrained_path).is_file():
             raise FileNotFoundError(f"image backbone weights not found: {pretrained_path} "
                                     f"(model.image.pretrained_path must name a local file; nothing is downloaded)")

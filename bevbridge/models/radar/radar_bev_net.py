@@ -18,7 +18,7 @@ the batch attends only within itself (a padding mask, not a Python loop over sam
 Faithfulness notes (the public code defines the behaviour the checkpoints were trained with; we reproduce it):
 the per-pillar max runs over all T slots including empty ones; the Extractor and the self-attention block return
 their FFN output without a final residual; DMSA's ``beta`` is initialised to weight 0, bias U(0, 2).
-Parameter names follow the public code so official checkpoints load (see ``ctab_checkpoint.py``).
+Parameter names follow the public code so official checkpoints load (see ``models/ctab/rcbevdet_weights.py``).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Load an official RCBEVDet checkpoint (mmcv/mmdet3d key names) into ``CTABDetector``.
+"""Load an official RCBEVDet checkpoint (mmcv/mmdet3d key names) into ``CTABModel``.
 
     sd = read_mmcv_state_dict("rcbevdet-256x704-r50-BEV128-9kf-depth-cbgs12e-circlelarger.pth")
     report = load_rcbevdet(model, sd)            # renames keys, loads, reports what did not match
 
 or, for training, convert once to a .safetensors file and set ``model.init_from`` to it:
 
-    python -m bevbridge.models.detectors.ctab_checkpoint rcbevdet.pth rcbevdet_bevbridge.safetensors
+    python -m bevbridge.models.ctab.rcbevdet_weights rcbevdet.pth rcbevdet_bevbridge.safetensors
 
 Our modules keep the public code's inner names wherever the structure is the same (timm ResNet = mmdet ResNet,
 BEVDet's depth net / CustomResNet / FPN_LSS, RadarBEVNet, mmdet3d's SECOND / SECONDFPN / CenterHead,
@@ -22,11 +22,12 @@ Checkpoints are read with ``torch.load(weights_only=True)``: nothing but tensors
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from bevbridge.weights import LoadReport, save_weights
 
 __all__ = ["RENAMES", "convert_rcbevdet_state_dict", "read_mmcv_state_dict", "load_rcbevdet", "LoadReport",
            "convert_file"]
@@ -52,18 +53,6 @@ RENAMES: tuple[tuple[str, str], ...] = (
     ("RadarConvFuser_fuse.", "camf.fuser."),
     ("pts_bbox_head.", "center_head.net."),
 )
-
-
-@dataclass
-class LoadReport:
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # ours, not in the checkpoint
-    unexpected: list[str] = field(default_factory=list)  # checkpoint keys with no place in our model
-    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (our key, ckpt shape, our shape)
-
-    def summary(self) -> str:
-        return (f"loaded {len(self.loaded)} tensors; {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
-                f"{len(self.mismatched)} with a different shape")
 
 
 def rename(key: str) -> str | None:
@@ -113,28 +102,22 @@ def load_rcbevdet(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> Load
         if k not in ours:
             report.unexpected.append(k)
         elif tuple(ours[k].shape) != tuple(v.shape):
-            report.mismatched.append((k, tuple(v.shape), tuple(ours[k].shape)))
+            report.mismatched.append(f"{k} (file {tuple(v.shape)}, model {tuple(ours[k].shape)})")
         else:
             usable[k] = v
     model.load_state_dict(usable, strict=False)
     report.loaded = sorted(usable)
-    report.missing = sorted(set(ours) - set(usable) - {m for m, _, _ in report.mismatched})
+    report.missing = sorted(set(ours) - set(usable) - {m.split(" ")[0] for m in report.mismatched})
     return report
 
 
 def convert_file(src: str | Path, dst: str | Path) -> tuple[int, list[str]]:
     """Convert an official RCBEVDet checkpoint into our key names as a ``.safetensors`` file (written atomically),
     for ``model.init_from=dst``. Returns (tensors written, upstream keys without a counterpart)."""
-    from safetensors.torch import save_file
-
-    from bevbridge.atomic import atomic_path
-    from bevbridge.engine.checkpoint import to_cpu_contiguous
-
     if Path(dst).suffix != ".safetensors":
         raise ValueError(f"{dst}: the converted weights are written as .safetensors; name the file *.safetensors")
     converted, unknown = convert_rcbevdet_state_dict(read_mmcv_state_dict(src))
-    with atomic_path(dst) as tmp:
-        save_file(to_cpu_contiguous(converted), str(tmp))  # copies: safetensors refuses shared storage
+    save_weights(dst, converted, {"kind": "ctab", "converted_from": Path(src).name})
     return len(converted), unknown
 
 
@@ -142,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(
-        prog="python -m bevbridge.models.detectors.ctab_checkpoint",
+        prog="python -m bevbridge.models.ctab.rcbevdet_weights",
         description="Convert an official RCBEVDet checkpoint (.pth, mmcv keys) to bevbridge key names "
                     "(.safetensors); then train with model.init_from=OUT.")
     p.add_argument("src", help="RCBEVDet checkpoint (.pth), read with torch.load(weights_only=True)")

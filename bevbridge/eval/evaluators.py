@@ -1,11 +1,19 @@
-"""Adapters from the engine's evaluator protocol (reset / update(preds, batch) / compute) to bevbridge/eval.
+"""The evaluator slots: one per task the four papers report, each an adapter from the engine's evaluator protocol
+(reset / update(preds, batch) / compute; engine/eval_loop.py) to the metrics in bevbridge/eval.
 
-- ``DetectionEvaluator``: predictions -> devkit results JSON (global frame) -> the official ``DetectionEval``:
-  mAP, NDS, the five TP errors and per-class AP.
-- ``SegmentationEvaluator``: ``SegmentationMeter`` over the split (IoU@max, IoU@0.5, mIoU-7, mIoU-4).
-- ``DetectionExporter``: only writes the results JSON (``bevbridge infer``).
+=================  ==========================  ===================================================================
+``eval.evaluators`` class                      metrics (logged as ``<slot>/<metric>``)
+=================  ==========================  ===================================================================
+detection          ``DetectionEvaluator``      devkit results JSON (global frame) -> the official DetectionEval:
+                                               mAP, NDS, the five TP errors, per-class AP (CTAB, BEVFormer, MTA)
+segmentation       ``SegmentationEvaluator``   ``SegmentationMeter``: IoU@max, IoU@0.5 per class and their means
+                                               (CTAB, BridgeTA)
+captioning         ``CaptioningEvaluator``     ``CaptionMeter``: m@IoU=k with BLEU-4, METEOR, ROUGE-L, CIDEr (MTA)
+=================  ==========================  ===================================================================
 
-Predictions arrive in the batch's (possibly augmented) ego frame (models/base.py); the BEV augmentation is undone
+``DetectionExporter`` only writes the results JSON (``bevbridge infer``).
+
+Predictions arrive in the batch's (possibly augmented) ego frame (models/contract.py); the BEV augmentation is undone
 here before export.
 """
 
@@ -20,9 +28,9 @@ import torch
 
 from bevbridge.data.batch import Batch
 from bevbridge.geometry import invert_transform, transform_boxes
-from bevbridge.models.base import Prediction
+from bevbridge.models.contract import Prediction
 
-__all__ = ["DetectionEvaluator", "SegmentationEvaluator", "DetectionExporter"]
+__all__ = ["DetectionEvaluator", "SegmentationEvaluator", "CaptioningEvaluator", "DetectionExporter"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +102,40 @@ class DetectionExporter(_ResultsCollector):
         path = self.write(self.out)
         log.info("wrote %d samples' predictions to %s", len(self.results), path)
         return {"num_samples": len(self.results)}
+
+
+class CaptioningEvaluator:
+    """Dense-captioning m@IoU=k over the split (bevbridge.eval.captioning.CaptionMeter, MTA Sec. 4.1).
+
+    Ground truth: the batch's boxes with their captions (``batch.captions``, one per box, TOD3Cap's "The object is
+    ignored" where the caption file has none); predictions: ``Prediction.boxes`` with ``Prediction.captions``, in the
+    same (unaugmented at evaluation) ego frame.
+    """
+
+    def __init__(self, iou_mode: str = "3d"):
+        from bevbridge.eval.captioning import CaptionMeter
+
+        self.iou_mode = iou_mode
+        self.meter = CaptionMeter(iou_mode)
+
+    def reset(self) -> None:
+        from bevbridge.eval.captioning import CaptionMeter
+
+        self.meter = CaptionMeter(self.iou_mode)
+
+    def update(self, preds: list[Prediction], batch: Batch) -> None:
+        if batch.captions is None:
+            raise ValueError("captioning evaluation needs ground-truth captions: the batch has none (data.captions)")
+        for i, p in enumerate(preds):
+            gt = batch.gt_boxes[i]
+            if len(gt) == 0:
+                continue
+            boxes = p.boxes if p.boxes is not None else torch.zeros(0, 9)
+            captions = p.captions if p.captions is not None else []
+            self.meter.update(gt.double().numpy(), batch.captions[i], boxes.double().numpy(), captions)
+
+    def compute(self) -> dict[str, Any]:
+        return self.meter.compute()
 
 
 class SegmentationEvaluator:

@@ -20,19 +20,20 @@ i.e. a radar that returned nothing; dropped cameras contribute nothing to the ca
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from bevbridge.data.batch import DETECTION_CLASSES, Batch
-from bevbridge.geometry import BEVGrid
 from bevbridge.losses.dice import dice_loss
 from bevbridge.losses.focal import sigmoid_focal_loss
 from bevbridge.losses.huw import UncertaintyWeighting
-from bevbridge.model_config import CTABModelConfig
-from bevbridge.models.base import Prediction
 from bevbridge.models.bev.bev_resnet import BEVResNet, FPNLSS
 from bevbridge.models.bev.second import SECOND, SECONDFPN
-from bevbridge.models.bridges.ctab import CrossTaskAttentionBridge
+from bevbridge.models.contract import DataNeeds, Prediction
+from bevbridge.models.ctab.bridge import CrossTaskAttentionBridge
+from bevbridge.models.ctab.config import CTABConfig
 from bevbridge.models.fusion.camf import CAMF
 from bevbridge.models.heads.center_head import CenterHead
 from bevbridge.models.heads.seg_decoder import BEVUpsample, SegDecoder
@@ -44,17 +45,18 @@ from bevbridge.models.radar.radar_bev_net import RadarBEVNet
 from bevbridge.models.radar.rcs_scatter import RCSAwareScatter
 from bevbridge.ops.voxelize import voxelize
 
-__all__ = ["CTABDetector"]
+__all__ = ["CTABModel"]
 
 
-class CTABDetector(nn.Module):
-    """See the module docstring. ``forward(batch) -> outputs``; ``loss``, ``predict``, ``scalars`` as models/base.py."""
+class CTABModel(nn.Module):
+    """See the module docstring; follows the contract of bevbridge/models/contract.py."""
 
-    def __init__(self, cfg: CTABModelConfig):
+    kind = "ctab"
+
+    def __init__(self, cfg: CTABConfig):
         super().__init__()
         self.cfg = cfg
-        g = cfg.grid
-        self.grid = BEVGrid(g.xmin, g.xmax, g.ymin, g.ymax, g.res)
+        self.grid = cfg.grid.to_grid()
         im, dp, rd = cfg.image, cfg.depth, cfg.radar
         # camera branch
         self.image_backbone = ImageBackbone(im.backbone, im.out_indices, im.pretrained_path, im.frozen)
@@ -66,7 +68,7 @@ class CTABDetector(nn.Module):
         self.bev_backbone = BEVResNet(C * (dp.num_past_frames + 1), list(dp.bev_channels))
         self.bev_neck = FPNLSS(dp.bev_channels[-1] + dp.bev_channels[0], dp.bev_out_channels)
         # radar branch
-        self.radar_grid = BEVGrid(g.xmin, g.xmax, g.ymin, g.ymax, rd.pillar_size)
+        self.radar_grid = dataclasses.replace(self.grid, res=rd.pillar_size)
         if rd.enabled:
             self.radar_encoder = RadarBEVNet(self.radar_grid, rd.z_range, len(rd.features), rd.feat_channels, rd.heads)
             self.radar_scatter = RCSAwareScatter(rd.feat_channels[-1], self.radar_grid, rd.features.index("rcs") - len(rd.features),
@@ -97,13 +99,8 @@ class CTABDetector(nn.Module):
             if cfg.huw:
                 self.huw = UncertaintyWeighting(("det", "seg"), cfg.huw_max_log_sigma)
 
-    @property
-    def seg_grid(self) -> BEVGrid | None:
-        """The segmentation output grid: the BEV features' extent at ``seg.out_size`` cells (DESIGN.md)."""
-        if self.cfg.seg is None:
-            return None
-        g = self.grid
-        return BEVGrid(g.xmin, g.xmax, g.ymin, g.ymax, (g.xmax - g.xmin) / self.cfg.seg.out_size)
+    def data_needs(self) -> DataNeeds:
+        return self.cfg.data_needs()
 
     # -------------------------------------------------------------------------------------------------- branches
     def _lift(self, images, K, sensor2ego, ida, bda, cam_mask) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +176,7 @@ class CTABDetector(nn.Module):
             terms["det/depth"] = l_depth.detach()
             l_det = l_det + l_depth
         if self.seg_decoder is None:
-            return {"loss_det": l_det, **terms}
+            return {"loss": l_det, "loss_det": l_det.detach(), **terms}
         if batch.gt_masks is None:
             raise ValueError("the segmentation branch needs batch.gt_masks (map targets are off in the data config)")
         s = self.cfg.seg
@@ -190,15 +187,16 @@ class CTABDetector(nn.Module):
         dice = dice_loss(logits, gt)
         l_seg = s.focal_weight * focal + s.dice_weight * dice
         terms.update({"seg/focal": focal.detach(), "seg/dice": dice.detach()})
-        if self.huw is not None:
+        if self.huw is not None:  # Eq. 8
             weighted = self.huw({"det": l_det, "seg": l_seg})
             terms.update({"det/total": l_det.detach(), "seg/total": l_seg.detach()})
-            return {**weighted, **terms}
-        return {"loss_det": l_det, "loss_seg": l_seg, **terms}
+            return {"loss": weighted["loss_det"] + weighted["loss_seg"],
+                    **{k: v.detach() for k, v in weighted.items()}, **terms}
+        return {"loss": l_det + l_seg, "loss_det": l_det.detach(), "loss_seg": l_seg.detach(), **terms}
 
     @torch.no_grad()
     def predict(self, outputs: dict, batch: Batch) -> list[Prediction]:
-        """Boxes and segmentation probabilities per sample, in the batch's (augmented) ego frame (models/base.py)."""
+        """Boxes and segmentation probabilities per sample, in the batch's (augmented) ego frame (models/contract.py)."""
         dets = self.center_head.predict(outputs["det"])
         seg = outputs.get("seg_logits")
         preds = []

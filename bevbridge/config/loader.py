@@ -341,10 +341,10 @@ def _yaml_value(raw: _CliValue, path: str, prov: Mapping[str, str]) -> Any:
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), schema: type[T] | None = None) -> T:
     """Load ``path`` (following `_base_`), apply ``overrides`` and validate against ``schema``.
 
-    ``schema`` defaults to :class:`bevbridge.experiment.ExperimentConfig`.
+    ``schema`` defaults to :class:`bevbridge.config.schema.ExperimentConfig`.
     """
     if schema is None:
-        from bevbridge.experiment import ExperimentConfig
+        from bevbridge.config.schema import ExperimentConfig
 
         schema = ExperimentConfig  # type: ignore[assignment]
     tree, prov = load_yaml_tree(path)

@@ -1,8 +1,7 @@
-"""Config schemas of the whole models (the ``model:`` section of an experiment YAML).
+"""CTAB's config schema (``model: {kind: ctab, ...}``): the sections of bevbridge/models/ctab/model.py.
 
-Each model kind is a dataclass with a one-value ``kind`` Literal, so the loader picks the right one and rejects
-unknown keys (see bevbridge/config.py). Defaults are the paper-scale values; ``*_synth.yaml`` configs shrink them.
-Models import their schema from here (config-land), never the other way round.
+Defaults are the paper-scale values (RCBEVDet's public config where CTAB defers to it; papers/ctab.txt Sec. IV-B);
+``*_synth.yaml`` configs shrink them. The loader picks this schema by ``kind`` and rejects unknown keys.
 """
 
 from __future__ import annotations
@@ -10,37 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bevbridge.models.config_common import GridConfig, ModelConfig
+from bevbridge.models.contract import DataNeeds
+
 __all__ = [
-    "ModelConfig", "GridConfig", "ImageBranchConfig", "DepthConfig", "RadarBranchConfig", "CAMFConfig", "CenterHeadConfig",
-    "SegBranchConfig", "CTABBridgeConfig", "CTABModelConfig", "CTAB_MAP_CLASSES",
+    "ImageBranchConfig", "DepthConfig", "RadarBranchConfig", "CAMFConfig", "CenterHeadConfig",
+    "SegBranchConfig", "CTABBridgeConfig", "CTABConfig", "CTAB_MAP_CLASSES",
 ]
-
-@dataclass(kw_only=True)
-class ModelConfig:
-    """Keys every model section has. Each model kind subclasses this and adds ``kind: Literal["..."]``.
-
-    init_from: pretrained weights to start from (a .safetensors file, a bevbridge checkpoint folder, or a torch
-    state dict loadable with weights_only=True); init_prefix_map renames key prefixes of that file first
-    (e.g. {"backbone.": "img_backbone.trunk."}); missing and unexpected keys are reported, not fatal.
-    """
-
-    init_from: str | None = None
-    init_prefix_map: dict[str, str] = field(default_factory=dict)
-
 
 # CTAB's 7 map classes (Sec. IV-A); `divider` = road_divider ∪ lane_divider, `vehicle` from 3D boxes.
 CTAB_MAP_CLASSES = ("drivable_area", "carpark_area", "ped_crossing", "walkway", "stop_line", "divider", "vehicle")
-
-
-@dataclass
-class GridConfig:
-    """A BEVGrid in metres (see bevbridge.geometry.BEVGrid)."""
-
-    xmin: float = -51.2
-    xmax: float = 51.2
-    ymin: float = -51.2
-    ymax: float = 51.2
-    res: float = 0.8
 
 
 @dataclass
@@ -155,13 +133,13 @@ class CTABBridgeConfig:
 
 
 @dataclass(kw_only=True)
-class CTABModelConfig(ModelConfig):
+class CTABConfig(ModelConfig):
     """RCBEVDet-style radar-camera detector with optional segmentation branch, CTAB and HUW (papers/ctab.txt).
 
     Rows of Table II: detection only (``seg: null``), (A) MTL baseline (``bridge: null``), (B) MTL + CTAB.
     """
 
-    kind: Literal["ctab"] = "ctab"
+    kind: Literal["ctab"]  # required: it chooses this schema
     grid: GridConfig = field(default_factory=GridConfig)
     image: ImageBranchConfig = field(default_factory=ImageBranchConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
@@ -176,3 +154,17 @@ class CTABModelConfig(ModelConfig):
     def __post_init__(self) -> None:
         if self.bridge is not None and self.seg is None:
             raise ValueError("model.bridge (CTAB) needs the segmentation branch: set model.seg")
+
+    def data_needs(self) -> DataNeeds:
+        """Images (+ past frames), radar (optional: a dropped radar is an empty point set), LiDAR for the depth
+        supervision (optional: without it the depth loss is off), boxes on the BEV grid, and the map targets on the
+        upsampled grid (the features' extent at ``seg.out_size`` cells, DESIGN.md)."""
+        g = self.grid.to_grid()
+        seg = self.seg
+        return DataNeeds(
+            images=True, image_size=tuple(self.image.input_size), num_past_frames=self.depth.num_past_frames,
+            radar="optional" if self.radar.enabled else "no", radar_features=tuple(self.radar.features),
+            lidar="optional" if self.depth.loss_weight > 0 else "no", box_range=(g.xmin, g.ymin, g.xmax, g.ymax),
+            map_grid=None if seg is None else g.with_shape(seg.out_size, seg.out_size),
+            map_classes=() if seg is None else tuple(seg.classes),
+            tasks=("detection",) if seg is None else ("detection", "segmentation"))

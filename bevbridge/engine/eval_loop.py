@@ -28,7 +28,7 @@ from bevbridge.engine import distributed
 from bevbridge.engine.amp import Precision
 from bevbridge.engine.loader import eval_loader
 from bevbridge.log import progress
-from bevbridge.models.base import Prediction
+from bevbridge.models.contract import Prediction
 
 __all__ = ["Evaluator", "run_evaluation", "slim_batch", "select_samples"]
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bevbridge.model_config import CTABModelConfig, ModelConfig
+from bevbridge.models.config_common import ModelConfig
+from bevbridge.models.ctab.config import CTABConfig
+
+# The model section: one schema per method, chosen by `model.kind` (each lives beside its method). Adding a method
+# adds its schema here; this union is the only list of kinds, and engine/build.py the only place that builds them.
+ModelSection = CTABConfig
 
 __all__ = [
-    "ImageAugConfig", "BEVAugConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "EvalConfig", "ModelConfig", "ExperimentConfig",
+    "ImageAugConfig", "BEVAugConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "EvalConfig", "ModelConfig", "ModelSection", "ExperimentConfig",
 ]
 
 
@@ -45,9 +50,12 @@ class BEVAugConfig:
 class DataConfig:
     """Where the nuScenes-format data lies, what each sample holds and how it is batched.
 
-    The model decides what it needs from the data: past frames (model.depth.num_past_frames), radar features
-    (model.radar.features), the map-target grid and classes (model.seg), the box range (model.grid). The keys
-    below choose the rest; see bevbridge/data/nuscenes.py for each option's meaning.
+    The model says what it reads (``model.data_needs()``, a DataNeeds: images and their size, past frames, which
+    sensors it uses and how, the box range, the map-target grid and classes, captions); the keys below choose the
+    rest (where the data is, how many sweeps, augmentation, batching). A sensor the model does not use is not loaded;
+    one it requires but this section disables (``lidar_sweeps: 0``, ``drop_lidar``) is an error when the dataset is
+    built. ``image_size`` overrides the model's input size only when set here explicitly. See
+    bevbridge/data/nuscenes.py for each option's meaning.
     """
 
     dataroot: str = "data/synth"  # the default synthetic world; `bevbridge synth` writes it
@@ -92,9 +100,12 @@ class OptimConfig:
     lr: float = 2e-4  # peak learning rate for the global batch this config was written for
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
-    backbone_lr_mult: float = 1.0  # lr multiplier for image-backbone parameters (BEVFormer: 0.1)
+    # Parameter groups by name prefix (engine/optim.py): {prefix: multiplier} of the lr and of the weight decay,
+    # e.g. lr_mult: {image_backbone.: 0.1} (BEVFormer's backbone x0.1). The longest matching prefix wins; a prefix
+    # that matches no trainable parameter is an error naming it.
+    lr_mult: dict[str, float] = field(default_factory=dict)
+    wd_mult: dict[str, float] = field(default_factory=dict)
     grad_clip: float | None = 35.0  # max global grad norm; null disables clipping
-    backbone_prefixes: tuple[str, ...] = ("image_backbone.",)  # parameter-name prefixes that backbone_lr_mult applies to
     decay_1d_params: bool = False  # weight decay on 1-D params (biases, norm scales, scalar gates); mmcv's AdamW: true
     base_batch: int | None = None  # global batch that `lr` was tuned for; set -> linear lr scaling; null -> lr as is
     eps: float = 1e-8
@@ -106,8 +117,11 @@ class OptimConfig:
             raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"optim.betas must lie in [0, 1), got {self.betas}")
-        if self.backbone_lr_mult < 0:
-            raise ValueError(f"optim.backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
+        for name in ("lr_mult", "wd_mult"):
+            for prefix, mult in getattr(self, name).items():
+                if not prefix or mult < 0:
+                    raise ValueError(f"optim.{name}: {{{prefix!r}: {mult}}}: prefixes must be non-empty and "
+                                     f"multipliers >= 0")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
         if self.base_batch is not None and self.base_batch < 1:
@@ -189,11 +203,13 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation during training and by `bevbridge eval` (bevbridge/engine/evaluation.py)."""
+    """Evaluation during training and by `bevbridge eval` (bevbridge/engine/eval_loop.py)."""
 
     every_steps: int = 0  # evaluate every N training steps; 0 = only at the end of training
     use_ema: bool = True  # evaluate the EMA weights when train.ema is on (and the checkpoint has them)
-    evaluators: list[Literal["detection", "segmentation"]] = field(default_factory=list)
+    # Evaluator slots, one per task the papers report (bevbridge/eval/evaluators.py); each must be a task the model
+    # predicts (its DataNeeds.tasks). Metrics are logged as <evaluator>/<metric>.
+    evaluators: list[Literal["detection", "segmentation", "captioning"]] = field(default_factory=list)
     best_metric: str | None = None  # e.g. "detection/NDS": the checkpoint with the best value is kept as best
     best_mode: Literal["max", "min"] = "max"
     batch_size: int | None = None  # per process; null = data.batch_size
@@ -215,5 +231,5 @@ class ExperimentConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    # One dataclass per model kind (bevbridge/model_config.py), chosen by its `kind`.
-    model: CTABModelConfig | None = None
+    # One schema per method, chosen by `kind` (see ModelSection above).
+    model: ModelSection | None = None
