@@ -6,7 +6,11 @@ import json
 import os
 from pathlib import Path
 
-import pytest
+# Before anything imports torch (its OpenMP runtime reads this once): spinning OpenMP threads make every test
+# 5-20x slower when anything else competes for the 2 cores (bevbridge/__init__.py sets the same for the CLI).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

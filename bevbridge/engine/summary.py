@@ -73,9 +73,10 @@ def _flops(model: nn.Module, cfg: ExperimentConfig, device: torch.device) -> dic
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         return {"gflops": None, "input": source, "note": f"not available on {device.type}: {why[:160]}"}
     by_module = {}
+    root = type(model).__name__  # FlopCounterMode names sub-modules "<RootClass>.<child>"
     for name, ops in counter.get_flop_counts().items():
         parts = name.split(".")
-        if len(parts) == 2 and parts[0] == "Global":  # FlopCounterMode names the root module "Global"
+        if len(parts) == 2 and parts[0] == root:
             by_module[parts[1]] = sum(ops.values()) / 1e9
     return {"gflops": counter.get_total_flops() / 1e9, "input": source, "by_module": by_module}
 
@@ -130,6 +131,11 @@ def format_summary(report: dict) -> str:
         else:
             lines.append(f"FLOPs of one forward pass, batch 1: {f['gflops']:.3f} G (2 per multiply-add) on "
                          f"{f['input']}")
+    if f is not None and f.get("gflops") is not None and any(
+            name not in by_module for name, row in report["parameters"].items()
+            if name != "(total)" and row["trainable"] + row["frozen"] > 0):
+        lines.append("(a blank GFLOPs entry: that module is called through a method other than forward, so its "
+                     "work is counted in the total but not attributed to it)")
     if report.get("frozen_modules"):
         lines.append(f"frozen: {', '.join(report['frozen_modules'])}")
     return "\n".join(lines)
