@@ -105,6 +105,8 @@ def _dataset_options(cfg: ExperimentConfig, train: bool) -> dict[str, Any]:
         box_range=(g.xmin, g.ymin, g.xmax, g.ymax), min_points=d.min_points, captions=d.captions,
         drop_cameras=d.drop_cameras, drop_radar=d.drop_radar, drop_lidar=d.drop_lidar,
         seed=None,  # augmentation from the engine's per-(seed, epoch, index) RNG
+        skip_bad_samples=train and d.skip_bad_samples, max_bad_fraction=d.max_bad_fraction,
+        allow_missing_radars=d.allow_missing_radars,
     )
     if m.seg is not None:
         opts["map_grid"] = BEVGrid(g.xmin, g.xmax, g.ymin, g.ymax, (g.xmax - g.xmin) / m.seg.out_size)
