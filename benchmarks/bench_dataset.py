@@ -242,12 +242,14 @@ def bench_checks(dataroot: str, repeats: int = 200) -> list[tuple[str, str]]:
 
 def _load_baseline(checkout: Path):
     """``bevbridge`` of another checkout, imported as ``bevbridge_baseline`` (its imports rewritten to that name)."""
+    import atexit
     import importlib
     import re
     import shutil
     import sys
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_baseline_"))
+    atexit.register(shutil.rmtree, tmp, True)  # at exit: its modules may import lazily until then
     shutil.copytree(checkout / "bevbridge", tmp / "bevbridge_baseline")
     for f in (tmp / "bevbridge_baseline").rglob("*.py"):
         f.write_text(re.sub(r"\b(from|import) bevbridge\b", r"\1 bevbridge_baseline", f.read_text()))
