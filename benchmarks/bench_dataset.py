@@ -9,7 +9,12 @@ Prints tables. ``__getitem__`` runs with one torch thread, as in a DataLoader wo
 at the world's image size, 2 past frames, 8 radar sweeps, 1 LiDAR sweep, a 200 x 200 map target over 102.4 m with
 the 7 CTAB classes, training augmentation (image + BEV). Each part's time is measured by wrapping the dataset's
 helpers. Side by side on the same inputs: our map rasteriser vs the devkit's ``NuScenesMap.get_map_mask`` and our
-radar reader vs ``RadarPointCloud.from_file``; and the decode time of a 1600 x 900 JPEG (nuScenes' camera size).
+radar reader vs ``RadarPointCloud.from_file``; the decode time of a 1600 x 900 JPEG (nuScenes' camera size); and the
+cost of the integrity checks (bevbridge/data/integrity.py): each checked reader against the plain read it replaced
+(``cv2.imread``; ``is_file`` + ``LidarPointCloud.from_file``), interleaved on the same files. ``--baseline DIR``
+compares ``__getitem__`` side by side with another checkout's code (e.g. ``git archive`` of an earlier commit
+unpacked in DIR), loaded in the same process under another package name: the two datasets alternate sample by
+sample (so both see the same load) and must return identical samples.
 Timings are absolute: the load average is printed with them (a 2-core machine shared with other jobs).
 """
 
@@ -188,6 +193,110 @@ def bench_jpeg(dataroot: str, repeats: int = 30) -> list[tuple[str, str]]:
             ("  its warp to 704x256 (resize, crop, flip, rotate), median", f"{1e3 * statistics.median(t_warp):.2f} ms")]
 
 
+def bench_checks(dataroot: str, repeats: int = 200) -> list[tuple[str, str]]:
+    """Checked readers vs the plain reads they replaced, interleaved file by file (min and median per file)."""
+    import cv2
+    from nuscenes.utils.data_classes import LidarPointCloud
+
+    from bevbridge.data.integrity import read_image, read_lidar_bin
+
+    root = Path(dataroot)
+    small = sorted((root / "samples" / "CAM_FRONT").iterdir())[:20]
+    src = cv2.imread(str(small[0]))
+    big = cv2.resize(src, (1600, 900), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    big = np.clip(big + np.random.default_rng(0).normal(0, 3, big.shape), 0, 255).astype(np.uint8)
+    lidar = sorted((root / "samples" / "LIDAR_TOP").iterdir())[:20]
+
+    def plain_lidar(f):
+        if not f.is_file():
+            raise FileNotFoundError(f)
+        return LidarPointCloud.from_file(str(f))
+
+    def compare(label, files, plain, checked, n):
+        t_plain, t_checked = [], []
+        for k in range(n):
+            f = files[k % len(files)]
+            pairs = ((plain, t_plain), (checked, t_checked))
+            for fn, acc in pairs if k % 2 else pairs[::-1]:  # alternate which goes first
+                t = time.perf_counter()
+                fn(f)
+                acc.append(time.perf_counter() - t)
+        med_p, med_c = statistics.median(t_plain), statistics.median(t_checked)
+        return [(f"{label}: plain / checked, median of {n}",
+                 f"{1e3 * med_p:.3f} / {1e3 * med_c:.3f} ms ({100 * (med_c / med_p - 1):+.1f}%; "
+                 f"min {1e3 * min(t_plain):.3f} / {1e3 * min(t_checked):.3f})")]
+
+    rows = compare(f"camera {src.shape[1]}x{src.shape[0]} JPEG, cv2.imread vs read_image", small,
+                   lambda f: cv2.imread(str(f), cv2.IMREAD_COLOR),
+                   lambda f: read_image(f, (src.shape[1], src.shape[0])), repeats)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "cam.jpg"
+        path.write_bytes(cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+        rows += compare("camera 1600x900 JPEG, cv2.imread vs read_image", [path],
+                        lambda f: cv2.imread(str(f), cv2.IMREAD_COLOR), lambda f: read_image(f, (1600, 900)),
+                        max(20, repeats // 5))
+    rows += compare("LiDAR .pcd.bin, is_file + LidarPointCloud.from_file vs read_lidar_bin", lidar, plain_lidar,
+                    read_lidar_bin, repeats)
+    return rows
+
+
+def _load_baseline(checkout: Path):
+    """``bevbridge`` of another checkout, imported as ``bevbridge_baseline`` (its imports rewritten to that name)."""
+    import atexit
+    import importlib
+    import re
+    import shutil
+    import sys
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_baseline_"))
+    atexit.register(shutil.rmtree, tmp, True)  # at exit: its modules may import lazily until then
+    shutil.copytree(checkout / "bevbridge", tmp / "bevbridge_baseline")
+    for f in (tmp / "bevbridge_baseline").rglob("*.py"):
+        f.write_text(re.sub(r"\b(from|import) bevbridge\b", r"\1 bevbridge_baseline", f.read_text()))
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module("bevbridge_baseline.data.nuscenes")
+
+
+def bench_baseline(dataroot: str, version: str, split: str, n: int, size: tuple[int, int] | None,
+                   checkout: Path, rounds: int = 3) -> list[tuple[str, str]]:
+    """``__getitem__`` of this checkout vs ``checkout``'s, alternating per sample, ``rounds`` passes."""
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    old_module = _load_baseline(checkout)
+    img = next((Path(dataroot) / "samples" / "CAM_FRONT").iterdir())
+    H, W = size or cv2.imread(str(img)).shape[:2]
+    datasets = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, cls in (("baseline", old_module.NuScenesDataset), ("this", NuScenesDataset)):
+            datasets[name] = cls(dataroot, version, split, image_size=(H, W), image_aug=ImageAug((H, W)),
+                                 bev_aug=BEVAug(), train=True, num_past_frames=2, radar_sweeps=8, lidar_sweeps=1,
+                                 map_grid=MAP_GRID, map_classes=CTAB_MAP_CLASSES, cache_path=Path(d) / f"{name}.npz")
+            datasets[name][0]  # warm up
+    times: dict[str, list[float]] = {"baseline": [], "this": []}
+    ratios = []
+    idx = np.linspace(0, len(datasets["this"]) - 1, min(n, len(datasets["this"]))).astype(int)
+    for r in range(rounds):
+        for k, i in enumerate(idx):
+            order = ("baseline", "this") if (k + r) % 2 == 0 else ("this", "baseline")
+            got = {}
+            for name in order:
+                t = time.perf_counter()
+                got[name] = datasets[name][int(i)]
+                times[name].append(time.perf_counter() - t)
+            ratios.append(times["this"][-1] / times["baseline"][-1])
+            for f in ("images", "radar", "lidar", "gt_masks", "gt_boxes"):
+                if not torch.equal(getattr(got["this"], f), getattr(got["baseline"], f)):
+                    raise AssertionError(f"sample {i}: {f} differs between {checkout} and this checkout")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return [(f"__getitem__ baseline ({checkout}) / this, median of {len(ratios)} alternating",
+             f"{1e3 * med['baseline']:.1f} / {1e3 * med['this']:.1f} ms"),
+            ("  per-sample ratio this / baseline: median (quartiles)",
+             f"{statistics.median(ratios):.3f} ({np.percentile(ratios, 25):.3f}-{np.percentile(ratios, 75):.3f}); "
+             f"identical samples")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataroot", help="a nuScenes-format dataroot (default: the default synthetic world, generated "
@@ -198,6 +307,9 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                     help="network input size (default: the world's image size)")
     ap.add_argument("--getitem-only", action="store_true", help="skip the cache build and side-by-side parts")
+    ap.add_argument("--checks-only", action="store_true", help="only the integrity checks vs the plain reads")
+    ap.add_argument("--baseline", type=Path, metavar="DIR", help="only __getitem__, side by side with the code of "
+                    "another checkout in DIR (alternating per sample)")
     args = ap.parse_args()
     os.environ.setdefault("BEVBRIDGE_NO_PROGRESS", "1")
     if args.dataroot is None:
@@ -205,6 +317,14 @@ def main() -> None:
 
         args.dataroot = str(ensure_world(Path(__file__).resolve().parents[1] / ".cache" / "bench_synth_default"))
     rows: list[tuple[str, str]] = [("load average before", load())]
+    if args.checks_only or args.baseline:
+        rows += (bench_checks(args.dataroot) if args.checks_only else
+                 bench_baseline(args.dataroot, args.version, args.split, args.samples, args.image_size, args.baseline))
+        rows.append(("load average after", load()))
+        width = max(len(r[0]) for r in rows)
+        for name, value in rows:
+            print(f"{name:<{width}}  {value}")
+        return
     with tempfile.TemporaryDirectory() as d:
         cache = Path(d) / "infos.npz"
         if args.getitem_only:
@@ -215,6 +335,7 @@ def main() -> None:
         rows += got
         if not args.getitem_only:
             rows += bench_map(ds, 20) + bench_radar(args.dataroot) + bench_jpeg(args.dataroot)
+            rows += bench_checks(args.dataroot)
     rows.append(("load average after", load()))
     width = max(len(r[0]) for r in rows)
     for name, value in rows:

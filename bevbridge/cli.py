@@ -1,4 +1,4 @@
-"""The `bevbridge` command line: synth | train | eval | infer | viz | summary | bench | demo (+ config).
+"""The `bevbridge` command line: synth | train | eval | infer | viz | summary | check-data | bench | demo (+ config).
 
 Each subcommand's work lives in the module that owns it; this file only parses arguments and dispatches, importing
 heavy modules lazily so that ``bevbridge --help`` is instant. A subcommand that is not built yet says so and exits
@@ -80,6 +80,7 @@ def _engine(name: str) -> Callable[[argparse.Namespace], int]:
 
     def run(args: argparse.Namespace) -> int:
         _load_experiment(args)  # config mistakes surface at once, before torch is imported
+        from bevbridge.data.integrity import DataError
         from bevbridge.engine import commands
         from bevbridge.engine.distributed import cleanup
         from bevbridge.engine.errors import EngineError
@@ -88,6 +89,8 @@ def _engine(name: str) -> Callable[[argparse.Namespace], int]:
             return getattr(commands, name)(args)
         except EngineError as e:
             raise CommandError(f"bevbridge {args.command}: {e}", e.code) from e
+        except DataError as e:  # a missing or corrupt data file, also when a DataLoader worker found it
+            raise CommandError(f"bevbridge {args.command}: {e}") from e
         finally:
             cleanup()
 
@@ -95,6 +98,7 @@ def _engine(name: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from bevbridge.data.integrity import DataError
     from bevbridge.engine.demo import run_demo
     from bevbridge.engine.distributed import cleanup
     from bevbridge.engine.errors import EngineError
@@ -103,8 +107,67 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return run_demo(args)
     except EngineError as e:
         raise CommandError(f"bevbridge demo: {e}", e.code) from e
+    except DataError as e:
+        raise CommandError(f"bevbridge demo: {e}") from e
     finally:
         cleanup()
+
+
+def _check_data_targets(args: argparse.Namespace) -> dict:
+    """check_data's arguments: from the config (what its datasets would load), then the flags on top."""
+    from bevbridge.data.nuscenes_info import CAMERAS
+
+    opts: dict = dict(cameras=CAMERAS, radar_sweeps=8, lidar_sweeps=1, drop_cameras=(), allow_missing_radars=False)
+    dataroot = version = None
+    splits: list[str] = []
+    if args.config is not None:
+        cfg = _load_experiment(args)
+        d = cfg.data
+        dataroot, version, splits = d.dataroot, d.version, [d.train_split, d.val_split]
+        opts.update(cameras=d.cameras, radar_sweeps=0 if d.drop_radar else d.radar_sweeps,
+                    lidar_sweeps=0 if d.drop_lidar else d.lidar_sweeps, drop_cameras=d.drop_cameras,
+                    allow_missing_radars=d.allow_missing_radars)
+        if cfg.model is not None:  # the model decides whether radar and LiDAR are loaded at all
+            from bevbridge.engine.build import BuildError, dataset_options
+
+            try:
+                ds = dataset_options(cfg.data, cfg.model.data_needs(), train=True)
+            except BuildError as e:
+                raise CommandError(f"bevbridge check-data: {e}", e.code) from e
+            opts.update(radar_sweeps=0 if ds["drop_radar"] else ds["radar_sweeps"],
+                        lidar_sweeps=0 if ds["drop_lidar"] else ds["lidar_sweeps"])
+    dataroot = args.dataroot or dataroot
+    version = args.dataset_version or version or "v1.0-trainval"
+    splits = args.split or splits
+    if dataroot is None or not splits:
+        raise CommandError("bevbridge check-data: give a CONFIG, or --dataroot and --split (and --version)",
+                           EXIT_USAGE)
+    for flag in ("radar_sweeps", "lidar_sweeps"):
+        if getattr(args, flag) is not None:
+            opts[flag] = getattr(args, flag)
+    return dict(dataroot=dataroot, version=version, splits=list(dict.fromkeys(splits)), **opts)
+
+
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from bevbridge.atomic import atomic_write_text
+    from bevbridge.data.check import check_data, format_summary
+    from bevbridge.data.integrity import DataError
+    from bevbridge.data.nuscenes_info import InfoCacheError
+
+    targets = _check_data_targets(args)
+    if not Path(targets["dataroot"]).is_dir():
+        raise CommandError(f"bevbridge check-data: dataroot does not exist: {targets['dataroot']}")
+    try:
+        report = check_data(**targets, workers=args.workers)
+    except (FileNotFoundError, ValueError, InfoCacheError, DataError) as e:
+        raise CommandError(f"bevbridge check-data: {e}") from e
+    out = Path(args.out or f"check_data_{targets['version']}.json")
+    atomic_write_text(out, json.dumps(report, indent=1) + "\n")
+    print(format_summary(report, out))
+    return 0 if report["ok"] else 1
 
 
 def _cmd_eval_detections(args: argparse.Namespace) -> int:
@@ -236,6 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("config", "print the resolved config (after _base_ and overrides) as YAML", _cmd_config)
     _add_config_args(p)
+
+    p = add("check-data", "read every sensor file the config's splits reference and report what is missing or "
+            "corrupt (exit status 1 if anything is)", _cmd_check_data)
+    p.add_argument("config", nargs="?", default=None, help="experiment YAML: its train and val splits, cameras and "
+                   "sweeps (optional with --dataroot and --split)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the config")
+    p.add_argument("--dataroot", help="nuScenes root (default: the config's data.dataroot)")
+    p.add_argument("--version", dest="dataset_version", help="table folder, e.g. v1.0-trainval (default: the config's)")
+    p.add_argument("--split", action="append", default=[], help="split to check (repeatable; default: the config's "
+                   "train and val splits)")
+    p.add_argument("--radar-sweeps", type=int, default=None, help="sweeps per radar (default: the config's, else 8)")
+    p.add_argument("--lidar-sweeps", type=int, default=None, help="LiDAR sweeps (default: the config's, else 1)")
+    p.add_argument("--out", default=None, help="the JSON report (default: ./check_data_<version>.json)")
+    p.add_argument("--workers", type=int, default=None, help="reading processes (default: CPUs, at most 8)")
     return parser
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["synth", "train", "eval", "infer", "viz", "bench", "demo", "config"]
+SUBCOMMANDS = ["synth", "train", "eval", "infer", "viz", "bench", "demo", "config", "check-data"]
 
 
 def bevbridge(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

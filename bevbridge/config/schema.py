@@ -78,8 +78,16 @@ class DataConfig:
     drop_cameras: tuple[str, ...] = ()  # sensor dropout for robustness studies
     drop_radar: bool = False
     drop_lidar: bool = False
+    # Faults (bevbridge/data/nuscenes.py): a training sample with a missing or corrupt sensor file stops the run with
+    # one line naming the file, unless skip_bad_samples: then it is replaced by the next good sample, logged once and
+    # counted, up to max_bad_fraction of the training split (beyond: an error). Validation never skips.
+    skip_bad_samples: bool = False
+    max_bad_fraction: float = 0.001
+    allow_missing_radars: bool = False  # a sample lacking one of the 5 radars: an error at open unless true
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"data.max_bad_fraction must lie in [0, 1], got {self.max_bad_fraction}")
         if self.batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:

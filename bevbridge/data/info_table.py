@@ -8,7 +8,8 @@ sensor record, load in seconds, and stay shared between forked workers.
 
 Layout (n samples, r unique sensor records, c calibrations, m annotations):
   s_token, s_scene_token, s_scene_name, s_location, s_prev, s_next (bytes), s_timestamp [n]
-  s_lidar [n] record index; s_lidar_sweeps, s_anns [n, 2] (start, count); s_cams [n, len(cameras)] (-1: missing);
+  s_lidar [n] record index (-1: the sample has no LIDAR_TOP); s_lidar_sweeps, s_anns [n, 2] (start, count);
+  s_cams [n, len(cameras)] (-1: missing);
   s_radars [n, len(radars), 2] (start, count) into ``sweeps`` (record indices, most recent first)
   r_filename (bytes, relative to the dataroot), r_timestamp, r_ego [r, 7] (ego pose: translation, quaternion wxyz),
   r_calib [r] (index into c_*), r_size [r, 2] (width, height; 0 for non-cameras)
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -47,7 +50,8 @@ class InfoTable:
     """The info cache's samples (see the module docstring). ``table[i]`` is sample i as a dict::
 
         {token, scene_token, scene_name, location, timestamp, prev, next,
-         lidar: {filename, timestamp, sensor2ego [4, 4], ego2global [4, 4], sweeps: [record, ...]},
+         lidar: {filename, timestamp, sensor2ego [4, 4], ego2global [4, 4], sweeps: [record, ...]} (None: no
+                LIDAR_TOP; such a sample's boxes are in the global frame, and the dataset refuses it),
          cams: {channel: record + K [3, 3], width, height}, radars: {channel: [record, ...] (key first)},
          anns: {boxes [n, 9], label [n], attr [n], num_pts [n, 2], category, tokens, instance_tokens, visibility}}
     """
@@ -89,7 +93,7 @@ class InfoTable:
         ann_cols: dict[str, list] = {k: [] for k in ("boxes", "label", "attr", "num_pts", "category", "tokens",
                                                       "instance_tokens", "visibility")}
         for i, s in enumerate(infos):
-            s_lidar[i] = rec_id(s["lidar"])
+            s_lidar[i] = rec_id(s["lidar"]) if s["lidar"] is not None else -1
             s_lidar_sweeps[i] = span(s["lidar_sweeps"])
             for j, c in enumerate(cams):
                 if c in s["cams"]:
@@ -128,12 +132,12 @@ class InfoTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> InfoTable:
-        """Read a table; raises ValueError if ``path`` is not one (e.g. an old JSON cache)."""
+        """Read a table; raises ValueError if ``path`` is not one (e.g. an old JSON cache, or a truncated file)."""
         try:
             with np.load(path, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
-        except (OSError, ValueError, EOFError) as e:
-            raise ValueError(f"not an info table (.npz): {e}") from e
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise ValueError(f"not an info table (.npz): {type(e).__name__}: {e}") from e
         if "meta" not in arrays:
             raise ValueError("not an info table (.npz): no 'meta' entry")
         return cls(arrays, json.loads(str(arrays.pop("meta"))))
@@ -150,6 +154,20 @@ class InfoTable:
         col = self.a[f"s_{name}"]
         return [_str(v) for v in col] if col.dtype.kind == "S" else col.tolist()
 
+    def missing_channels(self, indices: Sequence[int], cameras: Sequence[str] = (), radars: Sequence[str] = (),
+                         lidar: bool = True) -> dict[str, np.ndarray]:
+        """``{channel: table indices (of ``indices``) whose sample has no keyframe of that channel}``, only for
+        channels some sample lacks: the cameras and radars named, and LIDAR_TOP if ``lidar``. Vectorised: cheap."""
+        a, idx = self.a, np.asarray(indices, np.int64)
+        out: dict[str, np.ndarray] = {}
+        if lidar:
+            out["LIDAR_TOP"] = idx[a["s_lidar"][idx] < 0]
+        for c in cameras:
+            out[c] = idx[a["s_cams"][idx, self.meta["cameras"].index(c)] < 0]
+        for r in radars:
+            out[r] = idx[a["s_radars"][idx, self.meta["radars"].index(r), 1] == 0]
+        return {k: v for k, v in out.items() if len(v)}
+
     def labels(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample i's annotation labels ``[n]`` (-1: not a detection class) and (lidar, radar) point counts."""
         start, count = self.a["s_anns"][i]
@@ -161,7 +179,9 @@ class InfoTable:
         lidar_sweeps = a["sweeps"][slice(*_range(a["s_lidar_sweeps"][i]))]
         radar_ids = [a["sweeps"][slice(*_range(sp))] for sp in a["s_radars"][i]]
         cam_ids = a["s_cams"][i]
-        ids = np.concatenate([[a["s_lidar"][i]], lidar_sweeps, cam_ids[cam_ids >= 0], *radar_ids]).astype(np.int64)
+        lidar = a["s_lidar"][i]
+        ids = np.concatenate([[lidar] if lidar >= 0 else [], lidar_sweeps, cam_ids[cam_ids >= 0],
+                              *radar_ids]).astype(np.int64)
         ego = a["r_ego"][ids]
         cal = a["c_pose"][a["r_calib"][ids]]
         T = pose_matrix(np.concatenate([ego[:, :3], cal[:, :3]]), np.concatenate([ego[:, 3:], cal[:, 3:]]))
@@ -181,7 +201,7 @@ class InfoTable:
         cats = self.meta["categories"]
         info: dict[str, Any] = {k: _str(a[f"s_{k}"][i]) for k in _SAMPLE_STRINGS}
         info["timestamp"] = int(a["s_timestamp"][i])
-        info["lidar"] = {**record(a["s_lidar"][i]), "sweeps": [record(r) for r in lidar_sweeps]}
+        info["lidar"] = {**record(lidar), "sweeps": [record(r) for r in lidar_sweeps]} if lidar >= 0 else None
         info["cams"] = {c: record(r, camera=True) for c, r in zip(self.meta["cameras"], cam_ids) if r >= 0}
         info["radars"] = {c: [record(r) for r in rs] for c, rs in zip(self.meta["radars"], radar_ids) if len(rs)}
         info["anns"] = {

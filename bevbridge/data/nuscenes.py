@@ -7,6 +7,22 @@ Everything comes from the versioned info cache (``nuscenes_info``, an ``InfoTabl
 sensor files; the devkit is opened only to build the cache and, for map targets, as ``NuScenesMap``. ``ds.samples[i]``
 is the cache's record of sample i (a dict), ``ds.info(token)`` that of any sample of the version. Geometry follows DESIGN.md:
 the ego frame at the keyframe's LIDAR_TOP timestamp, then the BEV augmentation ``bda``.
+
+Faults, and what the dataset does about each (README "What happens when something breaks"):
+- Checked when the dataset opens, from the info cache (vectorised, milliseconds for trainval): every sample of the
+  split must have a LIDAR_TOP keyframe (it defines the sample's ego frame, and the devkit's evaluation needs it) and
+  every camera of ``cameras`` (the batch holds one image per camera; ``drop_cameras`` still needs its calibration).
+  A sample lacking one is an error at open (:class:`~bevbridge.data.integrity.MissingChannels`, a ValueError) that
+  names the channels and the samples. A sample lacking one of the 5 radars (when radar is used) is an error too,
+  unless ``allow_missing_radars=True``: then its points come from the radars it has (a warning at open counts the
+  samples). Fewer sweeps than asked (at a scene's start) are by design, never an error.
+- Checked when a sample loads (cheap: sizes and markers of bytes read anyway; bevbridge/data/integrity.py): a
+  missing, empty, truncated or undecodable image, radar PCD or LiDAR ``.pcd.bin`` raises a
+  :class:`~bevbridge.data.integrity.DataFileError` naming the file and the sample. With ``skip_bad_samples=True``
+  (training) the sample is replaced by the next good one instead, logged once and counted, up to
+  ``max_bad_fraction`` of the split (bevbridge/data/bad_samples.py; the engine reads the counts with
+  ``bevbridge.data.skipped_samples(train_set)``).
+- ``bevbridge check-data`` reads every file a split references in one pass and reports all problems at once.
 """
 
 from __future__ import annotations
@@ -19,12 +35,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from bevbridge.data.bad_samples import BadSamples
 from bevbridge.data.batch import PastFrames, Sample
 from bevbridge.data.bevmap import VEHICLE_CATEGORY_PREFIX, MapRasterizer, vehicle_mask
 from bevbridge.data.captions import load_captions
 from bevbridge.data.info_table import InfoTable
-from bevbridge.data.nuscenes_info import (CAMERAS, RADARS, StaleInfoCache, build_info_cache, default_cache_path,
-                                          load_info_cache, tables_fingerprint)
+from bevbridge.data.integrity import DataFileError, MissingChannels, TooManyBadSamples, read_image
+from bevbridge.data.nuscenes_info import CAMERAS, RADARS, open_info_cache, split_scenes
 from bevbridge.data.sweeps import load_lidar_sweeps, load_radar_sweeps
 from bevbridge.data.transforms import (BEVAug, ImageAug, apply_bda_boxes, apply_bda_masks, apply_bda_points, sample_bda,
                                        sample_ida, warp_image)
@@ -58,10 +75,15 @@ class NuScenesDataset(Dataset):
         min_points: drop boxes with fewer than this many lidar + radar points (1 = the devkit's evaluation rule).
         captions: path of a TOD3Cap-format caption JSON (relative to dataroot or absolute), or None.
         drop_cameras: camera names to mark missing (``cam_mask`` False); drop_radar / drop_lidar: make it None.
-        cache_path: where the info cache lives (default: ``nuscenes_info.default_cache_path``); built if missing.
+        cache_path: where the info cache lives (default: ``nuscenes_info.default_cache_path``); built if missing
+            (under a lock: concurrent processes build it once), rebuilt if stale or corrupt.
         seed: base seed of the per-sample augmentation RNG (combined with the index and the epoch); None draws
             the augmentation from numpy's global RNG instead, which the training engine seeds per (seed, epoch,
             index) before loading each sample (engine/loader.py), so augmentation is reproducible there too.
+        skip_bad_samples: replace a sample with a missing or corrupt file by the next good one (logged once,
+            counted in ``bad_samples``) instead of raising; meant for training sets. ``max_bad_fraction``: more bad
+            samples than this fraction of the split raise TooManyBadSamples (0: the first one does).
+        allow_missing_radars: accept samples that lack some radar (see the module docstring).
     """
 
     def __init__(self, dataroot: str | Path, version: str, split: str, *, cameras: Sequence[str] = CAMERAS,
@@ -74,7 +96,8 @@ class NuScenesDataset(Dataset):
                  map_grid: BEVGrid | None = None, map_classes: Sequence[str] = (),
                  box_range: tuple[float, float, float, float] | None = None, min_points: int = 1,
                  captions: str | Path | None = None, drop_cameras: Sequence[str] = (), drop_radar: bool = False,
-                 drop_lidar: bool = False, cache_path: str | Path | None = None, seed: int | None = 0):
+                 drop_lidar: bool = False, cache_path: str | Path | None = None, seed: int | None = 0,
+                 skip_bad_samples: bool = False, max_bad_fraction: float = 0.001, allow_missing_radars: bool = False):
         self.dataroot = Path(dataroot)
         self.version, self.split = version, split
         unknown = [c for c in (*cameras, *drop_cameras) if c not in CAMERAS]
@@ -100,14 +123,17 @@ class NuScenesDataset(Dataset):
         self.seed = seed
         self.epoch = 0
 
-        self.table = self._load_infos(cache_path, max(radar_sweeps, 0), max(lidar_sweeps, 1))
-        scenes = set(self._split_scenes())
+        self.table = open_info_cache(self.dataroot, version, cache_path, max(radar_sweeps, 0), max(lidar_sweeps, 1))
+        scenes = set(split_scenes(self.dataroot, version, split))
         names, times = self.table.column("scene_name"), self.table.column("timestamp")
         order = sorted((i for i, n in enumerate(names) if n in scenes), key=lambda i: (names[i], times[i]))
         self.samples = self.table.view(order)  # sample dicts of the split, by scene and time
         if not len(self.samples):
             raise ValueError(f"split {split!r} has no samples in {self.dataroot / version} "
                              f"(its scenes: {sorted(scenes)[:5]}...)")
+        self._check_channels(allow_missing_radars)
+        self.bad_samples = (BadSamples(self.table.a["s_token"][self.samples.indices], max_bad_fraction, split)
+                            if skip_bad_samples else None)
         self._maps = None
         if map_grid is not None:
             self._maps = MapRasterizer(self.dataroot, map_grid, self.map_classes)
@@ -116,35 +142,19 @@ class NuScenesDataset(Dataset):
         self._captions = load_captions(self.dataroot, captions) if captions is not None else None
 
     # ------------------------------------------------------------------------------------------------- setup
-    def _load_infos(self, cache_path, radar_sweeps: int, lidar_sweeps: int) -> InfoTable:
-        """The cache's samples; built if missing, rebuilt if stale (other tables at this dataroot, too few sweeps)."""
-        path = Path(cache_path) if cache_path is not None else default_cache_path(self.dataroot, self.version)
-        fingerprint = tables_fingerprint(self.dataroot, self.version)  # clear errors for a wrong dataroot/version
-        if path.is_file():
-            try:
-                return load_info_cache(path, self.version, radar_sweeps, lidar_sweeps, fingerprint)
-            except StaleInfoCache as e:
-                log.warning("%s: rebuilding it", e)
-        else:
-            log.info("info cache %s missing: building it (once)", path)
-        build_info_cache(self.dataroot, self.version, path, radar_sweeps=max(radar_sweeps, 10),
-                         lidar_sweeps=max(lidar_sweeps, 10))
-        return load_info_cache(path, self.version, radar_sweeps, lidar_sweeps, fingerprint)
-
-    def _split_scenes(self) -> list[str]:
-        from nuscenes.utils import splits
-
-        if splits.is_predefined_split(self.split):
-            return splits.create_splits_scenes()[self.split]
-        path = self.dataroot / self.version / "splits.json"
-        if not path.is_file():
-            raise ValueError(f"unknown split {self.split!r}: not a devkit split and {path} does not exist")
-        import json
-
-        custom = json.loads(path.read_text())
-        if self.split not in custom:
-            raise ValueError(f"unknown split {self.split!r}; {path} defines {sorted(custom)}")
-        return custom[self.split]
+    def _check_channels(self, allow_missing_radars: bool) -> None:
+        """Refuse a split whose samples lack a channel this dataset would load (see the module docstring)."""
+        radars = RADARS if self.radar_sweeps > 0 else ()
+        lacking = self.table.missing_channels(self.samples.indices, self.cameras, radars)
+        radar_gaps = {c: v for c, v in lacking.items() if c in RADARS}
+        if allow_missing_radars and radar_gaps:
+            n = len(np.unique(np.concatenate(list(radar_gaps.values()))))
+            log.warning("split %r: %d of %d samples lack a radar (%s); they use the radars they have "
+                        "(allow_missing_radars)", self.split, n, len(self.samples), ", ".join(sorted(radar_gaps)))
+            lacking = {c: v for c, v in lacking.items() if c not in RADARS}
+        if lacking:
+            raise MissingChannels(describe_missing_channels(self.table, lacking, self.split,
+                                                            self.dataroot / self.version, len(self.samples)))
 
     def set_epoch(self, epoch: int) -> None:
         """Vary the augmentation per epoch (the engine calls this like DistributedSampler.set_epoch)."""
@@ -168,11 +178,26 @@ class NuScenesDataset(Dataset):
 
     # ----------------------------------------------------------------------------------------------- loading
     def __getitem__(self, idx: int) -> Sample:
-        info = self.samples[idx]
-        rng = None
-        if self.train:
+        key = None
+        if self.train:  # drawn once: a replacement for a bad sample is loaded with the draw of ``idx``
             key = [self.seed, self.epoch, idx] if self.seed is not None else np.random.randint(0, 2**31, size=2)
-            rng = np.random.default_rng(key)
+        if self.bad_samples is None:
+            return self._load(idx, key)
+        n = len(self.samples)
+        for step in range(n):
+            j = (idx + step) % n
+            if self.bad_samples.is_bad(j):
+                continue
+            try:
+                return self._load(j, key)
+            except DataFileError as e:
+                self.bad_samples.record(j, e)  # logs it once; raises TooManyBadSamples past max_bad_fraction
+        raise TooManyBadSamples(f"every sample of split {self.split!r} is bad (max_bad_fraction="
+                                f"{self.bad_samples.max_fraction:g}); `bevbridge check-data` lists the files")
+
+    def _load(self, idx: int, key) -> Sample:
+        info = self.samples[idx]
+        rng = np.random.default_rng(key) if key is not None else None
         ego2global = np.asarray(info["lidar"]["ego2global"], np.float64)
         global2key = invert_transform(ego2global)
         bda = sample_bda(self.bev_aug, rng)
@@ -239,21 +264,17 @@ class NuScenesDataset(Dataset):
         return (f.index("vx_comp"), f.index("vy_comp")) if "vx_comp" in f and "vy_comp" in f else None
 
     def _cameras(self, info: dict, global2frame: np.ndarray, rng, ida_override) -> dict:
-        import cv2
-
         images, Ks, s2e, idas, mask = [], [], [], [], []
         for i, cam in enumerate(self.cameras):
             rec = info["cams"].get(cam)
-            if rec is None:
-                raise KeyError(f"sample {info['token']} has no {cam} image in {self.dataroot / self.version}")
-            path = self.dataroot / rec["filename"]
+            if rec is None:  # refused when the dataset opens; a past frame of another split could still lack it
+                raise MissingChannels(f"sample {info['token']} has no {cam} image in {self.dataroot / self.version}")
             dropped = cam in self.drop_cameras
             if dropped:
                 img = np.zeros((rec["height"], rec["width"], 3), np.uint8)
-            else:
-                img = cv2.imread(str(path), cv2.IMREAD_COLOR)  # BGR; made RGB after the warp, on the small image
-                if img is None:
-                    raise FileNotFoundError(f"camera image missing or unreadable: {path} (sample {info['token']})")
+            else:  # BGR; made RGB after the warp, on the small image
+                img = read_image(self.dataroot / rec["filename"], (rec["width"], rec["height"]),
+                                 f"camera image ({cam})", info["token"])
             size = self.image_size or img.shape[:2]
             if ida_override is not None:
                 ida = ida_override[i]
@@ -306,3 +327,16 @@ class NuScenesDataset(Dataset):
                 out[i] = maps[j]
                 j += 1
         return out
+
+
+def describe_missing_channels(table: InfoTable, lacking: dict[str, np.ndarray], split: str, where: Path,
+                              total: int) -> str:
+    """One line: which channels some samples of ``split`` lack, how many and a few of their tokens."""
+    tokens = table.a["s_token"]
+    parts = []
+    for channel, idx in lacking.items():
+        names = ", ".join(t.decode() for t in tokens[idx[:3]]) + (", ..." if len(idx) > 3 else "")
+        parts.append(f"{len(idx)} lack {channel} ({names})")
+    return (f"split {split!r} in {where}: samples lack sensor channels this dataset loads: {'; '.join(parts)} "
+            f"(of {total} samples). Fix the tables or move those scenes out of the split; a camera can be left out "
+            f"(data.cameras), missing radars allowed (data.allow_missing_radars); `bevbridge check-data` lists all")

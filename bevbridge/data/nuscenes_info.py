@@ -7,9 +7,11 @@ version; splits are chosen when the dataset opens it.
 
 The table's meta records ``schema`` (this module's SCHEMA_VERSION), the dataset ``version``, the sweep counts it was
 built with and a ``fingerprint`` of the tables (:func:`tables_fingerprint`). Another schema or version is refused
-with a message saying how to rebuild; a stale fingerprint or too few sweeps make ``NuScenesDataset`` rebuild it.
-Building runs the per-sample extraction over a fork pool (the devkit tables are shared copy-on-write) with a
-progress bar.
+with a message saying how to rebuild; a stale fingerprint, too few sweeps or a corrupt file (a truncated ``.npz``:
+:class:`CorruptInfoCache`) make :func:`open_info_cache` (and so ``NuScenesDataset``) rebuild it, with one log line
+naming the file. Building runs the per-sample extraction over a fork pool (the devkit tables are shared
+copy-on-write) with a progress bar, under an exclusive lock on ``<cache>.lock``: when several processes (torchrun
+ranks) open a missing cache at once, one builds it and the others wait, then load it.
 
 Sweeps are stored "keyframe + previous": a sensor's keyframe sample_data and the ones before it (following
 ``prev``, within the scene), most recent first; ``radar_sweeps=8`` means the keyframe sweep and up to 7 earlier ones
@@ -27,13 +29,15 @@ from typing import Any
 
 import numpy as np
 
+from bevbridge.atomic import exclusive_lock
 from bevbridge.data.batch import ATTRIBUTE_NAMES, DETECTION_CLASSES
 from bevbridge.data.info_table import InfoTable
 from bevbridge.geometry import invert_transform, pose_matrix, quaternion_to_yaw, transform_boxes
 from bevbridge.log import progress
 
-__all__ = ["SCHEMA_VERSION", "CAMERAS", "RADARS", "InfoCacheError", "StaleInfoCache", "check_dataroot", "open_nuscenes",
-           "tables_fingerprint", "build_info_cache", "load_info_cache", "default_cache_path"]
+__all__ = ["SCHEMA_VERSION", "CAMERAS", "RADARS", "InfoCacheError", "StaleInfoCache", "CorruptInfoCache",
+           "check_dataroot", "open_nuscenes", "tables_fingerprint", "build_info_cache", "load_info_cache",
+           "open_info_cache", "default_cache_path", "split_scenes"]
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +161,17 @@ def _extract(args: tuple[str, int, int]) -> dict:
     s = nusc.get("sample", token)
     scene = nusc.get("scene", s["scene_token"])
     location = nusc.get("log", scene["log_token"])["location"]
-    lidar = _sensor_record(nusc, s["data"]["LIDAR_TOP"])
-    ego = lidar["ego"]
-    global2ego = invert_transform(pose_matrix(np.asarray(ego[:3], np.float64), np.asarray(ego[3:], np.float64)))
+    lidar_token = s["data"].get("LIDAR_TOP")
+    lidar = _sensor_record(nusc, lidar_token) if lidar_token else None
+    if lidar is not None:
+        ego = lidar["ego"]
+        global2ego = invert_transform(pose_matrix(np.asarray(ego[:3], np.float64), np.asarray(ego[3:], np.float64)))
+    else:  # no key frame to express the boxes in: kept global; NuScenesDataset refuses such a sample at open
+        global2ego = np.eye(4)
     return {
         "token": token, "scene_token": s["scene_token"], "scene_name": scene["name"], "location": location,
         "timestamp": s["timestamp"], "prev": s["prev"], "next": s["next"], "lidar": lidar,
-        "lidar_sweeps": _sweeps(nusc, s["data"]["LIDAR_TOP"], lidar_sweeps)[1:],
+        "lidar_sweeps": _sweeps(nusc, lidar_token, lidar_sweeps)[1:] if lidar_token else [],
         "cams": {c: _sensor_record(nusc, s["data"][c]) for c in CAMERAS if c in s["data"]},
         "radars": {r: _sweeps(nusc, s["data"][r], radar_sweeps) for r in RADARS if r in s["data"]},
         "anns": _annotations(nusc, s, global2ego),
@@ -220,6 +228,19 @@ class StaleInfoCache(InfoCacheError):
     """The cache was built from other tables, or with fewer sweeps than asked for: rebuilding it fixes this."""
 
 
+class CorruptInfoCache(StaleInfoCache):
+    """The cache file is empty or a truncated/damaged ``.npz`` (a zip that cannot be read): rebuilding it fixes this.
+
+    A readable file that is not an info table (another format, no ``meta``) is not "corrupt": it is refused with
+    :class:`InfoCacheError`, never overwritten, since a ``cache_path`` the user named may hold something else."""
+
+
+def _looks_like_npz(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head in (b"", b"PK\x03\x04")  # empty, or a zip (np.savez) whatever its state
+
+
 def load_info_cache(path: str | os.PathLike, version: str, radar_sweeps: int = 0, lidar_sweeps: int = 0,
                     fingerprint: str | None = None) -> InfoTable:
     """Load and validate a cache; refuse another schema or version (InfoCacheError), other tables than
@@ -232,6 +253,9 @@ def load_info_cache(path: str | os.PathLike, version: str, radar_sweeps: int = 0
     try:
         table = InfoTable.load(path)
     except ValueError as e:
+        if _looks_like_npz(path) and "no 'meta' entry" not in str(e):
+            raise CorruptInfoCache(f"info cache {path} is corrupt or truncated ({path.stat().st_size} bytes; "
+                                   f"{str(e).removeprefix('not an info table (.npz): ')}); {rebuild}") from None
         raise InfoCacheError(f"info cache {path} is not a schema-{SCHEMA_VERSION} cache ({e}); {rebuild}") from None
     meta = table.meta
     if meta.get("schema") != SCHEMA_VERSION:
@@ -248,3 +272,58 @@ def load_info_cache(path: str | os.PathLike, version: str, radar_sweeps: int = 0
             raise StaleInfoCache(f"info cache {path} holds {meta.get(kind)} {kind}, {want} were asked for; "
                                  f"{rebuild} (pass {kind}={want})")
     return table
+
+
+def open_info_cache(dataroot: str | os.PathLike, version: str, path: str | os.PathLike | None = None,
+                    radar_sweeps: int = 0, lidar_sweeps: int = 1) -> InfoTable:
+    """The cache of (dataroot, version) with at least the sweeps asked for: loaded, or (re)built first if it is
+    missing, stale (other tables, too few sweeps) or corrupt, with one log line naming the file.
+
+    Safe when many processes call it at once (torchrun ranks): a valid cache is loaded without locking; otherwise
+    the build happens under an exclusive lock on ``<path>.lock`` and a process that waited re-checks the cache and
+    loads what the other one built. Builds hold at least 10 sweeps per sensor so that configs share one cache."""
+    path = Path(path) if path is not None else default_cache_path(dataroot, version)
+    fingerprint = tables_fingerprint(dataroot, version)  # clear errors for a wrong dataroot/version
+
+    def attempt() -> tuple[InfoTable | None, str]:
+        if not path.is_file():
+            return None, f"info cache {path} missing: building it (once)"
+        try:
+            return load_info_cache(path, version, radar_sweeps, lidar_sweeps, fingerprint), ""
+        except StaleInfoCache as e:
+            return None, f"{e}: rebuilding it"
+
+    table, _ = attempt()
+    if table is not None:
+        return table
+    with exclusive_lock(path.with_name(path.name + ".lock"),
+                        f"waiting for another process to build the info cache {path}") as waited:
+        table, why = attempt()  # another process may have built it while this one waited
+        if table is not None:
+            log.info("info cache %s: built by another process, loaded", path)
+            return table
+        if path.is_file():
+            log.warning("%s", why)  # stale or corrupt: names the file and why
+        else:
+            log.info("%s", why)
+        build_info_cache(dataroot, version, path, radar_sweeps=max(radar_sweeps, 10),
+                         lidar_sweeps=max(lidar_sweeps, 10))
+    return load_info_cache(path, version, radar_sweeps, lidar_sweeps, fingerprint)
+
+
+def split_scenes(dataroot: str | os.PathLike, version: str, split: str) -> list[str]:
+    """Scene names of ``split``: a devkit split (train, val, mini_train, ...) or a key of
+    ``<dataroot>/<version>/splits.json``."""
+    import json
+
+    from nuscenes.utils import splits
+
+    if splits.is_predefined_split(split):
+        return splits.create_splits_scenes()[split]
+    path = Path(dataroot) / version / "splits.json"
+    if not path.is_file():
+        raise ValueError(f"unknown split {split!r}: not a devkit split and {path} does not exist")
+    custom = json.loads(path.read_text())
+    if split not in custom:
+        raise ValueError(f"unknown split {split!r}; {path} defines {sorted(custom)}")
+    return custom[split]

@@ -149,6 +149,8 @@ def dataset_options(data: DataConfig, needs: DataNeeds, train: bool) -> dict[str
         box_range=needs.box_range, min_points=d.min_points, captions=d.captions if needs.captions else None,
         drop_cameras=d.drop_cameras, drop_radar=d.drop_radar, drop_lidar=d.drop_lidar,
         seed=None,  # augmentation from the engine's per-(seed, epoch, index) RNG
+        skip_bad_samples=train and d.skip_bad_samples, max_bad_fraction=d.max_bad_fraction,
+        allow_missing_radars=d.allow_missing_radars,
     )
     if radar:
         opts["radar_features"] = needs.radar_features

@@ -55,11 +55,31 @@ def add_file_log(path: str | os.PathLike) -> logging.Handler:
 
 
 def read_scalars(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of ``<run>/scalars.jsonl`` (empty if the run logged nothing)."""
+    """The rows of ``<run>/scalars.jsonl`` (empty if the run logged nothing).
+
+    A line that is not JSON (the partial last line of a killed run, or such a line with the resumed run's rows
+    after it) is skipped with a warning naming the file and the line numbers."""
     path = Path(run_dir) / "scalars.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, bad = [], []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            bad.append(n)
+    if bad:
+        log.warning("%s: skipped %d unreadable line(s) (%s; a run killed while writing leaves a partial last line)",
+                    path, len(bad), ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else ""))
+    return rows
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 class RunLog:
@@ -69,6 +89,7 @@ class RunLog:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._writer = None
+        self._line_start_checked = False
 
     def _tb(self):
         if self._writer is None:
@@ -90,6 +111,10 @@ class RunLog:
             tb.add_scalar(f"{prefix}{k}", v, global_step=step)
             row[f"{prefix}{k}"] = v
         with open(self.run_dir / "scalars.jsonl", "a") as f:
+            if not self._line_start_checked:  # after a kill mid-line, start a new line rather than extend it
+                self._line_start_checked = True
+                if f.tell() > 0 and not _ends_with_newline(self.run_dir / "scalars.jsonl"):
+                    f.write("\n")
             f.write(json.dumps(_json_safe(row)) + "\n")
 
     def flush(self) -> None:

@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from bevbridge.config import save_config, to_dict
 from bevbridge.data.batch import collate
+from bevbridge.data.bad_samples import skipped_samples
 from bevbridge.engine import distributed
 from bevbridge.engine.amp import Precision
 from bevbridge.engine.checkpoint import (CheckpointManager, checkpoint_dir_of, load_model_state, model_weights,
@@ -250,6 +251,9 @@ class Trainer:
         values["lr"] = max(g["lr"] for g in self.optimizer.param_groups)
         values["samples_per_s"] = samples_per_s
         values["skipped_steps"] = self.skipped
+        bad = skipped_samples(self.loader.dataset)  # data.skip_bad_samples: samples replaced so far (this rank)
+        if bad is not None:
+            values["skipped_samples"] = bad.count
         if self.precision.scaler is not None:
             values["amp_scale"] = self.precision.scaler.get_scale()
         self.run_log.scalars(self.step, values, prefix="train/")
