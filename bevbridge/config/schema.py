@@ -173,6 +173,9 @@ class TrainConfig:
     max_epochs: int | None = None
     seed: int = 0
     amp: Literal["none", "bf16", "fp16"] = "none"  # fp16 (with GradScaler) needs CUDA; on CPU it falls back to bf16
+    # bf16 on a CPU without native bfloat16 (AVX512-BF16/AMX) is ~20x slower, so there it runs float32 (logged and
+    # recorded in metrics.json) unless this is true (bevbridge/engine/amp.py)
+    amp_allow_emulated: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if available, else cpu
     grad_accum: int = 1  # micro-batches per optimizer step
     log_every: int = 10

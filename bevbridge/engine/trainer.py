@@ -82,7 +82,7 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
             torch.use_deterministic_algorithms(True)
         self.module = model.to(self.device)
-        self.precision = Precision(t.amp, self.device)
+        self.precision = Precision(t.amp, self.device, t.amp_allow_emulated)
         # forward + loss in one module, and DDP wraps that one (engine/train_step.py says why)
         self.train_step_module = TrainStep(self.module, self.precision)
         self.model: nn.Module = self.train_step_module
@@ -279,7 +279,7 @@ class Trainer:
                                      desc=f"eval@{self.step}")
         if self.dist.is_main:
             write_metrics(self.run_dir / "eval" / f"step_{self.step:08d}" / "metrics.json", metrics,
-                          step=self.step, ema=bool(use_ema and self.ema is not None))
+                          step=self.step, ema=bool(use_ema and self.ema is not None), **self.precision.record())
             self.run_log.scalars(self.step, metrics, prefix="eval/")
             headline = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k.count("/") == 1}
             log.info("eval at step %d: %s (all metrics in %s)", self.step,

@@ -119,6 +119,9 @@ class SegBranchConfig:
     focal_gamma: float = 3.0
     focal_weight: float = 20.0
     dice_weight: float = 20.0
+    # How Dice is reduced (bevbridge/losses/dice.py): "class" = per class over the batch, classes without ground
+    # truth in the batch left out; "sample_class" = per (sample, class), empty pairs included. The paper does not say.
+    dice_reduction: Literal["class", "sample_class"] = "class"
 
 
 @dataclass
@@ -154,6 +157,15 @@ class CTABConfig(ModelConfig):
     def __post_init__(self) -> None:
         if self.bridge is not None and self.seg is None:
             raise ValueError("model.bridge (CTAB) needs the segmentation branch: set model.seg")
+
+    def init_note(self) -> str | None:
+        """The multi-task rows start from a trained RCBEVDet (Sec. IV-B); say so when they start from scratch."""
+        if self.seg is None:
+            return None
+        return ("the multi-task model trains from scratch, whereas CTAB (Sec. IV-B) initialises the detection "
+                "backbone from a trained RCBEVDet checkpoint (the bridge's -2.0 gate init exists to protect it); "
+                "expect weaker detection. Set model.init_from to a converted RCBEVDet checkpoint "
+                "(bevbridge/models/ctab/rcbevdet_weights.py) to train as the paper does")
 
     def data_needs(self) -> DataNeeds:
         """Images (+ past frames), radar (optional: a dropped radar is an empty point set), LiDAR for the depth

@@ -171,7 +171,7 @@ class CTABModel(nn.Module):
             im = self.cfg.image
             tgt = depth_targets(batch.lidar, batch.lidar_mask, batch.K, batch.sensor2ego, batch.ida, batch.bda,
                                 im.input_size, im.downsample, self.cfg.depth.depth_range,
-                                tuple(outputs["depth"].shape[-2:]))
+                                tuple(outputs["depth"].shape[-2:]), cam_mask=batch.cam_mask)
             l_depth = depth_loss(outputs["depth"], tgt, self.cfg.depth.loss_weight)
             terms["det/depth"] = l_depth.detach()
             l_det = l_det + l_depth
@@ -184,7 +184,7 @@ class CTABModel(nn.Module):
         if gt.shape != logits.shape:
             raise ValueError(f"segmentation target {tuple(gt.shape)} != prediction {tuple(logits.shape)}")
         focal = sigmoid_focal_loss(logits, gt, s.focal_alpha, s.focal_gamma)
-        dice = dice_loss(logits, gt)
+        dice = dice_loss(logits, gt, reduction=s.dice_reduction)
         l_seg = s.focal_weight * focal + s.dice_weight * dice
         terms.update({"seg/focal": focal.detach(), "seg/dice": dice.detach()})
         if self.huw is not None:  # Eq. 8

@@ -6,7 +6,7 @@
 3x3 conv-BN-ReLU (64 -> 64) and a 3x3 conv to the output; heatmap biases start at -2.19 (prior 0.1).
 
 Losses (``loss``): Gaussian focal loss on the clamped-sigmoid heatmap, normalised by the number of objects
-(weight 6.0), and L1 on the 10-d box code at the object centres, normalised by the number of objects (weight 1.5).
+(averaged over the processes under torch.distributed, as mmdet3d >= 1.x; weight 6.0), and L1 on the 10-d box code at the object centres, normalised by the number of objects (weight 1.5).
 Targets and decoding use ``bevbridge.ops.box_coder`` on the head's BEVGrid (RCBEVDet: 0.8 m cells).
 Parameter names follow mmdet3d (shared_conv.conv/bn, task_heads.i.<name>.0.conv/bn, .1) for checkpoint loading.
 """
@@ -70,6 +70,20 @@ class CenterHeadNet(nn.Module):
     def forward(self, bev: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         x = self.shared_conv(bev)
         return [head(x) for head in self.task_heads]
+
+
+def _mean_over_processes(x: torch.Tensor) -> torch.Tensor:
+    """``x`` averaged over the processes of a torch.distributed job (mmdet's ``reduce_mean``); ``x`` alone otherwise.
+
+    mmdet3d >= 1.x divides the heatmap loss by the number of positives averaged over the GPUs, so that every rank's
+    loss has the same normaliser (a rank with few objects does not weigh its few positives up)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / dist.get_world_size()
 
 
 # ------------------------------------------------------------------------------------------- targets, loss, predict
@@ -137,7 +151,7 @@ class CenterHead(nn.Module):
                 labels.append(self.index_in[lab[sel]])
             t = coder.encode(boxes, labels)
             pred_heat = out["heatmap"].float().sigmoid().clamp(1e-4, 1 - 1e-4)
-            num_pos = t.heatmap.eq(1).float().sum().clamp(min=1.0)
+            num_pos = _mean_over_processes(t.heatmap.eq(1).float().sum()).clamp(min=1.0)
             heat_total = heat_total + gaussian_focal_loss(pred_heat, t.heatmap, avg_factor=num_pos)
             pred_box = torch.cat([out[k] for k in ("reg", "height", "dim", "rot", "vel")], 1).float()  # [B, 10, H, W]
             B = pred_box.shape[0]
