@@ -216,8 +216,14 @@ class EvalConfig:
     best_metric: str | None = None  # e.g. "detection/NDS": the checkpoint with the best value is kept as best
     best_mode: Literal["max", "min"] = "max"
     batch_size: int | None = None  # per process; null = data.batch_size
+    # Before each evaluation, recompute BatchNorm running statistics with the current weights over this many
+    # training batches (detectron2's PreciseBN; bevbridge/engine/precise_bn.py); 0 = off. The recomputed statistics
+    # are saved with the checkpoint written after the evaluation, so `bevbridge eval --ckpt` reproduces the numbers.
+    recompute_bn_batches: int = 0
 
     def __post_init__(self) -> None:
+        if self.recompute_bn_batches < 0:
+            raise ValueError(f"eval.recompute_bn_batches must be >= 0, got {self.recompute_bn_batches}")
         if self.every_steps < 0:
             raise ValueError(f"eval.every_steps must be >= 0, got {self.every_steps}")
         if self.batch_size is not None and self.batch_size < 1:

@@ -108,7 +108,8 @@ class Trainer:
             log.info("train.max_epochs %d x %d optimizer steps per epoch -> train.max_steps %d", t.max_epochs,
                      per_epoch, t.max_steps)
         self.schedule = Schedule(cfg.schedule, t.max_steps)
-        self.val_set, self.evaluators, self.collate_fn = val_set, dict(evaluators or {}), collate_fn
+        self.train_set, self.val_set, self.evaluators, self.collate_fn = (train_set, val_set, dict(evaluators or {}),
+                                                                          collate_fn)
         self.ckpts = CheckpointManager(self.run_dir / "checkpoints", t.keep_last)
         self.run_log = RunLog(self.run_dir, enabled=self.dist.is_main)
         self.step = self.epoch = self.batch_in_epoch = self.bad_in_row = self.skipped = 0
@@ -272,6 +273,7 @@ class Trainer:
         use_ema = self.cfg.eval.use_ema if use_ema is None else use_ema
         ema = self.ema.applied_to(self.module) if (use_ema and self.ema is not None) else contextlib.nullcontext()
         with preserved_rng(), ema:
+            self._recompute_bn(use_ema and self.ema is not None)
             metrics = run_evaluation(self.module, self.val_set, self.evaluators,
                                      batch_size=self.cfg.eval.batch_size or self.cfg.data.batch_size,
                                      num_workers=self.cfg.data.num_workers, device=self.device,
@@ -286,6 +288,33 @@ class Trainer:
                      ", ".join(f"{k} {v:.4g}" for k, v in headline.items()),
                      self.run_dir / "eval" / f"step_{self.step:08d}" / "metrics.json")
         return metrics
+
+    def _recompute_bn(self, into_ema: bool) -> None:
+        """``eval.recompute_bn_batches`` > 0: BatchNorm statistics of the weights about to be evaluated, from that many
+        training batches spread evenly over the training set (engine/precise_bn.py); also written into the EMA's
+        copy when the EMA weights are evaluated, so the checkpoint holds what was evaluated."""
+        n = self.cfg.eval.recompute_bn_batches
+        if not n:
+            return
+        from bevbridge.engine.loader import SeededDataset
+        from bevbridge.engine.precise_bn import recompute_bn_stats
+
+        ds, bs, world, rank = SeededDataset(self.train_set, self.cfg.train.seed), self.cfg.data.batch_size, \
+            self.dist.world_size, self.dist.rank
+        total = n * bs * world
+        N = len(self.train_set)
+
+        def batches():
+            for i in range(n):
+                keys = [(0, ((i * world + rank) * bs + j) * N // total) for j in range(bs)]
+                yield self.collate_fn(ds.__getitems__(keys)).to(self.device)
+
+        with self.precision.autocast():
+            recompute_bn_stats(self.module, batches())
+        if into_ema:
+            for k, v in self.module.state_dict().items():
+                if k.endswith((".running_mean", ".running_var")) and k in self.ema.shadow:
+                    self.ema.shadow[k].copy_(v)
 
     def _improved(self, metrics: Mapping[str, Any]) -> bool:
         key = self.cfg.eval.best_metric

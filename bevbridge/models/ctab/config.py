@@ -64,6 +64,10 @@ class RadarBranchConfig:
     second_channels: tuple[int, ...] = (64, 128, 256)
     second_layers: tuple[int, ...] = (3, 5, 5)
     fpn_channels: tuple[int, ...] = (128, 128, 128)
+    # BatchNorm momentum of every BN in the radar branch (incl. CAMF's radar reduction conv); null = as published
+    # (mmdet3d's 0.01 in the pillar encoder, SECOND, SECOND-FPN and CAMF's radar_reduce; 0.1 elsewhere). At 0.01 the running statistics average ~100 steps of moving weights,
+    # too slow for a short run from scratch (the synthetic configs set 0.1).
+    bn_momentum: float | None = None
 
 
 @dataclass

@@ -79,6 +79,11 @@ class CTABModel(nn.Module):
             self.radar_neck = SECONDFPN(rd.second_channels, rd.fpn_channels, up)
             self.camf = CAMF(dp.bev_out_channels, sum(rd.fpn_channels), cfg.camf.dim, cfg.camf.heads, cfg.camf.points,
                              self.grid.shape, cfg.camf.fuser_blocks)
+            for branch in (self.radar_encoder, self.radar_scatter, self.radar_backbone, self.radar_neck,
+                           self.camf.radar_reduce):
+                for m in branch.modules():
+                    if rd.bn_momentum is not None and isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.momentum = rd.bn_momentum
         bev_channels = cfg.camf.dim if rd.enabled else dp.bev_out_channels
         # heads
         h = cfg.head
