@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bevbridge(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+def bevbridge(*args: str, cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess:
     script = Path(sys.executable).with_name("bevbridge")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "bevbridge.cli"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "BEVBRIDGE_NO_PROGRESS": "1"}
