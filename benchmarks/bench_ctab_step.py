@@ -117,7 +117,8 @@ def compare(config: str, variants: dict[str, list[str]], rounds: int, threads: i
         for name in steps:
             res[name].append(one(name))
     first = statistics.median(next(iter(res.values())))
-    print(f"| variant | overrides | step s (median of {rounds}, wall, {threads} threads) | speed-up |\n|---|---|---:|---:|")
+    print(f"| variant | overrides | step s (median of {rounds}, wall, {threads} threads) | speed-up |")
+    print("|---|---|---:|---:|")
     for name, v in res.items():
         print(f"| {name} | {' '.join(variants[name]) or '-'} | {statistics.median(v):.2f} "
               f"({', '.join(f'{x:.2f}' for x in v)}) | {first / statistics.median(v):.2f}x |")

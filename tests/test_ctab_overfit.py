@@ -10,7 +10,6 @@ mAP 0.02 on its own training samples with them against 0.85 with statistics reco
 from __future__ import annotations
 
 import pytest
-import torch
 
 from bevbridge.config import load_config
 from bevbridge.engine import build

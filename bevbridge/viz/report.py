@@ -34,8 +34,8 @@ def _table(title: str, rows: Mapping[str, object], columns: Sequence[str] = ("va
     return f"<h3>{html.escape(title)}</h3><table><tr><th>metric</th>{head}</tr>{body}</table>"
 
 
-def write_report(out_dir: str | Path, title: str, sections: Sequence[tuple],
-                 figures: Sequence[tuple[str, str]], notes: Sequence[str] = (), metrics_file: str | None = None) -> Path:
+def write_report(out_dir: str | Path, title: str, sections: Sequence[tuple], figures: Sequence[tuple[str, str]],
+                 notes: Sequence[str] = (), metrics_file: str | None = None) -> Path:
     """Write ``out_dir/index.html``: metric tables (``[(title, {name: value})]``, or ``[(title, {name: (values)},
     column names)]``), figures (``[(relative path, caption)]``) and free-text notes. Paths are relative so the folder
     can be moved or served as is."""
