@@ -88,15 +88,20 @@ def _rss_kb(field_name: str) -> int:
     raise RuntimeError(f"{field_name} not in /proc/self/status")
 
 
+def measure_peak_kb(fn) -> int:
+    """Peak resident memory (KB) that ``fn()`` adds: reset VmHWM to the current RSS, run, ``VmHWM - RSS before``."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    before = _rss_kb("VmRSS")
+    fn()
+    return _rss_kb("VmHWM") - before
+
+
 def peak_memory_child(op: str, index: int, impl: str, quick: bool) -> None:
     case = CASE_BUILDERS[op](quick)[index]
     state = case.setup(truth=False)
     _run(case, state, impl, backward=True)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    before = _rss_kb("VmRSS")
-    _run(case, state, impl, backward=True)
-    print(f"PEAK_KB {_rss_kb('VmHWM') - before}")
+    print(f"PEAK_KB {measure_peak_kb(lambda: _run(case, state, impl, backward=True))}")
 
 
 def peak_memory(op: str, index: int, impl: str, args: argparse.Namespace) -> float | None:

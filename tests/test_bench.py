@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,4 +47,23 @@ def test_bench_ops_peak_memory_child():
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench_ops.py"), "--peak", "msda", "0", "gather", "--quick"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert int(r.stdout.split("PEAK_KB ")[1].split()[0]) >= 0
+    assert int(r.stdout.split("PEAK_KB ")[1].split()[0]) >= 0  # the child runs and reports (a smoke test)
+
+
+def test_peak_memory_measures_a_known_allocation():
+    """The harness behind the "peak MB" column sees a 64 MB tensor that lives only inside the measured call, and
+    does not count memory allocated before it. Catches a VmHWM that is not reset (the peak of earlier work would be
+    reported), RSS read in the wrong unit, and a measurement that misses freed intermediates."""
+    code = (
+        "import sys, torch; sys.path.insert(0, 'benchmarks'); from bench_ops import measure_peak_kb\n"
+        "big = torch.ones(48 * 2**18)  # 48 MB allocated before: must not count\n"
+        "def f():\n"
+        "    t = torch.ones(64 * 2**18); t += 1; del t  # 64 MB, freed before the call returns\n"
+        "print('IN', measure_peak_kb(f), 'NONE', measure_peak_kb(lambda: None))\n")
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    words = r.stdout.split()
+    inside, nothing = int(words[words.index("IN") + 1]), int(words[words.index("NONE") + 1])
+    assert 63 * 1024 <= inside <= 80 * 1024, inside
+    assert nothing < 4 * 1024, nothing

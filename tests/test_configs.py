@@ -3,7 +3,8 @@
 - every ``configs/**/*.yaml`` resolves against the schema (its ``_base_`` chain included);
 - every ``*_synth.yaml`` builds, runs forward + loss + backward on a random batch of 2 with a finite loss and a
   finite gradient for EVERY trainable parameter, and ``predict`` returns one Prediction per sample, in order; the
-  same step runs under each autocast mode the device supports natively;
+  same step runs under each autocast mode the CPU supports natively (``Precision.native_modes``: bf16 only where it
+  is not emulated, which would be ~20x slower);
 - every paper-scale config builds on the meta device, and ``bevbridge summary`` reports its parameters.
 """
 
@@ -31,15 +32,6 @@ def _id(p: Path) -> str:
     return f"{p.parent.name}/{p.stem}"
 
 
-def _native_autocast_modes() -> list[str]:
-    """Autocast modes this CPU runs natively (bf16 only with AVX-512 bf16 / AMX support: on AVX2-only machines
-    bf16 is emulated and ~100x slower, so it is not exercised there)."""
-    modes = ["none"]
-    if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX") and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        modes.append("bf16")
-    return modes
-
-
 def test_there_are_configs():
     assert SYNTH and PAPER
 
@@ -54,7 +46,7 @@ def test_config_resolves(path):
         assert name in needs.tasks, f"{path}: evaluator {name} but the model predicts {needs.tasks}"
 
 
-@pytest.mark.parametrize("amp", _native_autocast_modes())
+@pytest.mark.parametrize("amp", Precision.native_modes("cpu"))
 @pytest.mark.parametrize("path", SYNTH, ids=_id)
 def test_synth_config_trains_a_step(path, amp):
     """Would catch: a parameter that never receives a gradient (a branch left out of the graph, a detached

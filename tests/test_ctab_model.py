@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 import torch
 
@@ -154,6 +157,7 @@ def test_forward_loss_predict_and_gradients(tiny):
 
 
 def test_missing_sensors_are_handled_by_design(tiny, synth_world):
+    """No radar, a dropped camera and no LiDAR: the model runs, and without LiDAR there is no depth term."""
     model, ds = tiny
     model.eval()
     no_radar = NuScenesDataset(synth_world.dataroot, synth_world.version, synth_world.train_split,
@@ -165,6 +169,72 @@ def test_missing_sensors_are_handled_by_design(tiny, synth_world):
     assert torch.isfinite(out["seg_logits"]).all()
     losses = model.loss(out, batch)  # no lidar: no depth term
     assert "det/depth" not in losses and torch.isfinite(losses["loss_det"])
+
+
+def test_a_dropped_sensor_contributes_nothing(tiny):
+    """A dropped camera's image and a missing radar's (absent) points cannot move any output: replacing the dropped
+    camera's pixels by noise leaves every output bit-identical (eval mode), and a batch without radar gives the same
+    outputs as one whose radar points are all masked out. The dropped camera also gets no depth supervision. Catches
+    a mask applied after the depth net's features are pooled (the image leaks into the BEV), radar padding read as
+    points, and depth targets for a camera whose depth prediction is zeroed (a constant added to L_det)."""
+    model, ds = tiny
+    model.eval()
+    batch = collate([ds[0], ds[1]])
+    batch.cam_mask = torch.ones(2, batch.images.shape[1], dtype=torch.bool)
+    batch.cam_mask[0, 4] = False  # sample 0 loses one camera
+    noisy = copy.deepcopy(batch)
+    noisy.images[0, 4] = torch.randint(0, 256, noisy.images[0, 4].shape, dtype=noisy.images.dtype)
+    with torch.no_grad():
+        a, b = model(batch), model(noisy)
+    assert torch.equal(a["seg_logits"], b["seg_logits"])
+    for ta, tb in zip(a["det"], b["det"]):
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), k
+    # radar: None (dropped) == every point masked out (a radar that returned nothing)
+    no_radar = copy.deepcopy(batch)
+    no_radar.radar, no_radar.radar_mask = None, None
+    silent = copy.deepcopy(batch)
+    silent.radar_mask = torch.zeros_like(silent.radar_mask)
+    silent.radar = torch.randn_like(silent.radar) * 50  # garbage behind the mask
+    with torch.no_grad():
+        c, d = model(no_radar), model(silent)
+    assert torch.allclose(c["seg_logits"], d["seg_logits"], atol=1e-5)
+    assert not torch.allclose(c["seg_logits"], a["seg_logits"], atol=1e-3)  # radar does matter when present
+    # the dropped camera has no depth term: its depth loss contribution is zero
+    from bevbridge.models.lift.depth_targets import depth_targets
+
+    im = model.cfg.image
+    tgt = depth_targets(batch.lidar, batch.lidar_mask, batch.K, batch.sensor2ego, batch.ida, batch.bda,
+                        im.input_size, im.downsample, model.cfg.depth.depth_range,
+                        tuple(a["depth"].shape[-2:]), cam_mask=batch.cam_mask)
+    assert tgt[0, 4].sum() == 0 and tgt[0, 3].sum() > 0 and tgt[1, 4].sum() > 0
+
+
+def test_eq_8_terms_with_the_published_weights_sum_to_the_total(tiny):
+    """L_total = L_det / (2 sigma_det^2) + log sigma_det + L_seg / (2 sigma_seg^2) + log sigma_seg (Eq. 8), with
+    L_det = heatmap + L1 + depth and L_seg = 20 focal + 20 dice (Sec. III-E), recomputed in float64 from the logged
+    terms at non-trivial sigmas. Catches a term left out of a task's total, the seg weights not applied (or applied
+    twice), the two sigmas swapped, and a log sigma missing from the total."""
+    model, ds = tiny
+    assert (model.cfg.seg.focal_weight, model.cfg.seg.dice_weight) == (20.0, 20.0)
+    batch = collate([ds[0], ds[1]])
+    with torch.no_grad():
+        model.huw.log_sigma["det"].fill_(0.4)
+        model.huw.log_sigma["seg"].fill_(-0.3)
+    model.train()
+    try:
+        losses = model.loss(model(batch), batch)
+    finally:
+        with torch.no_grad():
+            model.huw.log_sigma["det"].zero_()
+            model.huw.log_sigma["seg"].zero_()
+    f = {k: float(v) for k, v in losses.items()}
+    l_det = f["det/heatmap"] + f["det/bbox"] + f["det/depth"]
+    l_seg = 20.0 * f["seg/focal"] + 20.0 * f["seg/dice"]
+    assert f["det/total"] == pytest.approx(l_det, rel=1e-5) and f["seg/total"] == pytest.approx(l_seg, rel=1e-5)
+    want = l_det / (2 * math.exp(0.8)) + 0.4 + l_seg / (2 * math.exp(-0.6)) - 0.3
+    assert f["loss"] == pytest.approx(want, rel=1e-5)
+    assert f["loss_det"] + f["loss_seg"] == pytest.approx(want, rel=1e-5)
 
 
 def test_converter_file_round_trip_through_init_from(tmp_path):
@@ -181,3 +251,17 @@ def test_converter_file_round_trip_through_init_from(tmp_path):
         assert torch.equal(a, b), k
     assert main([str(tmp_path / "rcbevdet.pth"), str(tmp_path / "out.pt")]) == 2  # wrong suffix: clear error
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_multi_task_configs_warn_when_they_start_from_scratch(caplog):
+    """CTAB's multi-task rows start from a trained RCBEVDet (Sec. IV-B): without model.init_from a warning says so;
+    the detection-only row trains from scratch as published and stays quiet. Catches the silent from-scratch run."""
+    import logging
+
+    from bevbridge.engine import build as engine_build
+
+    caplog.set_level(logging.WARNING, logger="bevbridge")
+    for name, warns in (("mtl_ctab_synth", True), ("mtl_baseline", True), ("rcbevdet_r50_det_synth", False)):
+        caplog.clear()
+        engine_build.load_init_weights(torch.nn.Linear(1, 1), load_config(f"{CFG}/{name}.yaml"))
+        assert ("RCBEVDet" in caplog.text and "model.init_from is not set" in caplog.text) == warns, name

@@ -1,9 +1,10 @@
-"""`bevbridge demo` end to end (slow): it learns, writes every figure, and its numbers are reproducible through
-`bevbridge infer` + `bevbridge eval-detections` and `bevbridge eval`.
+"""`bevbridge demo` end to end (slow), shortened: it trains, evaluates the untrained baseline beside the result,
+writes a complete report, and its numbers are reproducible through `bevbridge infer` + `bevbridge eval-detections`
+and `bevbridge eval`.
 
-Thresholds come from measured runs of mtl_ctab_synth on this 2-core machine (benchmarks/RESULTS.md "CTAB demo"):
-after 121-284 steps drivable-area IoU@max 0.47-0.49 and mIoU-4@max 0.24-0.28, where the untrained model scores
-~0.27 and ~0.12 (measured after 2 steps). The margins allow for another machine's speed (fewer steps in the budget).
+The full demo (mtl_ctab_synth's train.max_steps) is too long for the test suite; its numbers are recorded in
+benchmarks/RESULTS.md ("CTAB demo"). This test runs the same command with ``train.max_steps=40`` and checks that
+training moved the model away from the untrained baseline, not the full demo's targets.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bevbridge(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+def bevbridge(*args: str, cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess:
     script = Path(sys.executable).with_name("bevbridge")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "bevbridge.cli"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "BEVBRIDGE_NO_PROGRESS": "1"}
@@ -31,18 +32,22 @@ def bevbridge(*args: str, cwd: Path, timeout: int = 900) -> subprocess.Completed
 @pytest.mark.slow
 def test_demo_learns_and_its_results_reproduce(tmp_path):
     config = str(REPO / "configs" / "ctab" / "mtl_ctab_synth.yaml")
-    r = bevbridge("demo", "train.max_steps=140", "--config", config, "--minutes", "8", cwd=tmp_path)
+    r = bevbridge("demo", "train.max_steps=40", "eval.recompute_bn_batches=5", "--config", config, cwd=tmp_path)
     out = tmp_path / "runs" / "demo"
-    assert "report:" in r.stdout
+    assert "report:" in r.stdout and "CUT SHORT" not in r.stdout
     record = json.loads((out / "metrics.json").read_text())
-    m = record["metrics"]
-    assert record["step"] >= 90, record["step"]  # the budget allowed enough training to judge learning
-    # it learned: well above the untrained model on segmentation
-    assert m["segmentation/IoU@max/drivable_area"] >= 0.35, m
-    assert m["segmentation/mIoU-4@max"] >= 0.18, m
-    assert m["segmentation/mIoU-7@max"] >= 0.13, m
+    m, untrained = record["metrics"], record["untrained"]
+    assert record["step"] == record["max_steps"] == 40 and record["cut_short"] is False
+    assert set(record["timings"]) == {"data_s", "baseline_eval_s", "train_and_final_eval_s", "total_s"}
+    assert record["amp"] in ("none", "bf16")
+    # it learned: segmentation moved well above the untrained model (measured: see benchmarks/RESULTS.md)
+    assert m["segmentation/IoU@max/drivable_area"] >= untrained["segmentation/IoU@max/drivable_area"] + 0.05, m
+    assert m["segmentation/mIoU-7@max"] > untrained["segmentation/mIoU-7@max"], m
     for name in ("index.html", "bev_0.png", "cameras_0.png", "gates.png", "per_class_iou.png", "losses.png"):
         assert (out / name).is_file(), name
+    page = (out / "index.html").read_text()
+    for text in ("What was trained", "40 of 40 steps", "untrained", "trained", "Untrained -&gt; trained"):
+        assert text in page, text
     scalars = [json.loads(line) for line in (out / "scalars.jsonl").read_text().splitlines()]
     gates = [s["model/ctab/gate_seg"] for s in scalars if "model/ctab/gate_seg" in s]
     assert gates and abs(gates[-1] - 0.1192) > 1e-4  # the bridge's gate moved away from sigmoid(-2)

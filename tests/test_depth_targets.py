@@ -42,3 +42,17 @@ def test_depth_loss_ignores_background_and_is_zero_for_perfect_predictions():
     assert depth_loss(perfect, t).item() < 1e-3
     wrong = torch.full_like(perfect, 0.25)
     assert depth_loss(wrong, t).item() > 1.0
+
+
+def test_a_dropped_camera_gets_no_depth_target():
+    """``cam_mask`` False: no target for that camera, the others unchanged. Catches depth supervision of a dropped
+    camera, whose predicted depth the LSS zeroes (the loss would only add a constant that HUW then reads as noise)."""
+    K, s2e = camera()
+    pts = torch.tensor([[[11.2, 0.0, 1.5], [5.2, -2.0, 1.5]]])
+    two = lambda x: torch.stack([x, x])[None]  # noqa: E731  two identical cameras
+    args = (pts, torch.ones(1, 2, dtype=torch.bool), two(K), two(s2e), two(torch.eye(3)), torch.eye(4)[None],
+            (96, 128), 16, (1.0, 60.0, 0.5))
+    full = depth_targets(*args)
+    masked = depth_targets(*args, cam_mask=torch.tensor([[True, False]]))
+    assert full[0, 1].sum() == 2 and masked[0, 1].sum() == 0
+    assert torch.equal(masked[0, 0], full[0, 0])

@@ -36,9 +36,11 @@ def test_fit_writes_the_documented_run_folder(tmp_path):
     state = torch.load(run / "checkpoints" / "step_00000008" / "state.pt", weights_only=True)
     assert state["step"] == 8 and state["ema_updates"] == 8 and len(state["rng"]) == 1
     best = json.loads((run / "checkpoints" / "best.json").read_text())
-    assert best["metric"] == "tiny/mse" and best["step"] in (4, 8)
     m4 = json.loads((run / "eval" / "step_00000004" / "metrics.json").read_text())
     m8 = json.loads((run / "eval" / "step_00000008" / "metrics.json").read_text())
+    better = min((m4, m8), key=lambda m: m["metrics"]["tiny/mse"])  # best_mode min
+    assert best["metric"] == "tiny/mse" and best["step"] == better["step"]
+    assert best["value"] == pytest.approx(better["metrics"]["tiny/mse"])
     assert m8["step"] == 8 and m8["ema"] is True and m8["metrics"]["tiny/count"] == 5.0
     assert m8["metrics"]["tiny/mse"] == pytest.approx(res.metrics["tiny/mse"])
     assert m4["metrics"]["tiny/mse"] != m8["metrics"]["tiny/mse"]
@@ -47,6 +49,26 @@ def test_fit_writes_the_documented_run_folder(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     saved = load_file(run / "checkpoints" / "step_00000008" / "model.safetensors")
     assert all(torch.equal(saved[k], after[k]) for k in after)
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_the_best_checkpoint_is_the_best_evaluation_and_survives_pruning(tmp_path, mode):
+    """Four evaluations, one checkpoint kept besides the best: best.json names the step whose metric is the best in
+    ``best_mode`` (with "max" on an error that falls, that is an early step, not the last), and that checkpoint
+    folder still exists. Catches a best that is merely the latest, a comparison with the wrong sign, and pruning
+    that deletes the best checkpoint."""
+    cfg = tiny_config(train={"keep_last": 1}, eval={"every_steps": 2, "best_metric": "tiny/mse", "best_mode": mode})
+    _trainer(cfg, tmp_path / "run").fit()
+    run = tmp_path / "run"
+    values = {int(d.name.split("_")[1]): json.loads((d / "metrics.json").read_text())["metrics"]["tiny/mse"]
+              for d in (run / "eval").iterdir()}
+    assert sorted(values) == [2, 4, 6, 8] and len(set(values.values())) == 4
+    want = (min if mode == "min" else max)(values, key=values.get)
+    best = json.loads((run / "checkpoints" / "best.json").read_text())
+    assert best["step"] == want and best["value"] == pytest.approx(values[want])
+    assert (run / "checkpoints" / best["checkpoint"] / "model.safetensors").is_file()
+    if mode == "max":
+        assert want != 8  # the error fell: the "best" under max is an early step, kept through pruning
 
 
 def test_loss_goes_down(tmp_path):
@@ -141,7 +163,9 @@ def test_grad_accumulation_matches_a_bigger_batch(tmp_path):
 
 
 def test_bf16_autocast_on_cpu_trains(tmp_path):
-    cfg = tiny_config(train={"amp": "bf16", "max_steps": 4})
+    """bf16 autocast reaches the model's layers while weights stay float32 (``amp_allow_emulated`` so that it runs on
+    any CPU: the tiny model is cheap even where bf16 is emulated)."""
+    cfg = tiny_config(train={"amp": "bf16", "amp_allow_emulated": True, "max_steps": 4})
     t = _trainer(cfg, tmp_path / "run")
     seen = []
     t.module.head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
@@ -150,10 +174,41 @@ def test_bf16_autocast_on_cpu_trains(tmp_path):
     assert all(p.dtype == torch.float32 for p in t.module.parameters())
 
 
-def test_fp16_on_cpu_falls_back_to_bf16(tmp_path, caplog):
-    t = _trainer(tiny_config(train={"amp": "fp16", "max_steps": 1}), tmp_path / "run")
-    assert t.precision.mode == "bf16" and t.precision.scaler is None
-    assert "fp16 needs CUDA" in caplog.text
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_half_precision_on_a_cpu_follows_its_bf16_support(tmp_path, caplog, monkeypatch, amp, native):
+    """On a CPU with native bfloat16, fp16 falls back to bf16 and bf16 runs; without it both stay float32 (bf16 is
+    ~20x slower there) with one log line saying why, and the decision is recorded in the run's metrics.json. Catches
+    a silent fallback to an emulated bf16 and a decision that is made but not recorded."""
+    import logging
+
+    monkeypatch.setattr("bevbridge.engine.amp.cpu_has_native_bf16", lambda: native)
+    caplog.set_level(logging.INFO, logger="bevbridge.engine.amp")
+    cfg = tiny_config(train={"amp": amp, "max_steps": 2}, eval={"every_steps": 2})
+    t = _trainer(cfg, tmp_path / "run")
+    want = "bf16" if native else "none"
+    assert t.precision.mode == want and t.precision.scaler is None
+    amp_lines = [r for r in caplog.records if r.name == "bevbridge.engine.amp"]
+    if native and amp == "bf16":
+        assert not amp_lines
+    else:
+        assert len(amp_lines) == 1 and f"train.amp={amp}" in amp_lines[0].getMessage()
+        assert ("no native bfloat16" in amp_lines[0].getMessage()) == (not native)
+    t.fit()
+    record = json.loads((tmp_path / "run" / "eval" / "step_00000002" / "metrics.json").read_text())
+    assert record["amp"] == want and record["amp_requested"] == amp
+
+
+def test_native_modes_say_what_the_device_runs(monkeypatch):
+    """``Precision.native_modes``: what test_configs parametrises on. Catches bf16 offered on a CPU that emulates
+    it, and fp16 offered on a CPU (autocast fp16 there is not a training mode we support)."""
+    from bevbridge.engine.amp import Precision
+
+    for native, want in ((True, ("none", "bf16")), (False, ("none",))):
+        monkeypatch.setattr("bevbridge.engine.amp.cpu_has_native_bf16", lambda native=native: native)
+        assert Precision.native_modes("cpu") == want
+        for mode in want:  # a native mode runs as asked
+            assert Precision(mode, torch.device("cpu")).mode == mode
 
 
 def test_model_scalars_and_losses_reach_tensorboard(tmp_path):

@@ -196,6 +196,9 @@ class TrainConfig:
     max_epochs: int | None = None
     seed: int = 0
     amp: Literal["none", "bf16", "fp16"] = "none"  # fp16 (with GradScaler) needs CUDA; on CPU it falls back to bf16
+    # bf16 on a CPU without native bfloat16 (AVX512-BF16/AMX) is ~20x slower, so there it runs float32 (logged and
+    # recorded in metrics.json) unless this is true (bevbridge/engine/amp.py)
+    amp_allow_emulated: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda if available, else cpu
     grad_accum: int = 1  # micro-batches per optimizer step
     log_every: int = 10
@@ -242,8 +245,14 @@ class EvalConfig:
     best_metric: str | None = None
     best_mode: Literal["max", "min"] = "max"
     batch_size: int | None = None  # per process; null = data.batch_size
+    # Before each evaluation, recompute BatchNorm running statistics with the current weights over this many
+    # training batches (detectron2's PreciseBN; bevbridge/engine/precise_bn.py); 0 = off. The recomputed statistics
+    # are saved with the checkpoint written after the evaluation, so `bevbridge eval --ckpt` reproduces the numbers.
+    recompute_bn_batches: int = 0
 
     def __post_init__(self) -> None:
+        if self.recompute_bn_batches < 0:
+            raise ValueError(f"eval.recompute_bn_batches must be >= 0, got {self.recompute_bn_batches}")
         if self.every_steps < 0:
             raise ValueError(f"eval.every_steps must be >= 0, got {self.every_steps}")
         if self.batch_size is not None and self.batch_size < 1:

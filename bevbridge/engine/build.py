@@ -66,7 +66,12 @@ def build_model(cfg: ExperimentConfig, *, init: bool = True) -> nn.Module:
 
 def load_init_weights(model: nn.Module, cfg: ExperimentConfig) -> None:
     """Apply ``model.init_from`` (with ``model.init_prefix_map``) to a freshly built model."""
-    if cfg.model is None or cfg.model.init_from is None:
+    if cfg.model is None:
+        return
+    if cfg.model.init_from is None:
+        note = cfg.model.init_note()
+        if note:
+            log.warning("model.init_from is not set: %s", note)
         return
     from bevbridge.weights import CorruptWeightsError, load_pretrained
 

@@ -96,7 +96,7 @@ def evaluate(args: argparse.Namespace) -> int:
         raise build.BuildError("eval.evaluators is empty: nothing to compute (e.g. eval.evaluators=[detection])")
     metrics = run_evaluation(model, val_set, evaluators, batch_size=cfg.eval.batch_size or cfg.data.batch_size,
                              num_workers=cfg.data.num_workers, device=device,
-                             precision=Precision(cfg.train.amp, device))
+                             precision=Precision(cfg.train.amp, device, cfg.train.amp_allow_emulated))
     if distributed.info().is_main:
         out = Path(args.out) if args.out else _default_eval_dir(cfg, args.ckpt)
         path = write_metrics(out / "metrics.json", metrics, checkpoint=source)
@@ -115,8 +115,8 @@ def infer(args: argparse.Namespace) -> int:
     exporter = build.build_exporter(cfg, out)
     _, val_set = build.build_datasets(cfg.data, model.data_needs(), train=False)
     run_evaluation(model, val_set, {"export": exporter}, batch_size=cfg.eval.batch_size or cfg.data.batch_size,
-                   num_workers=cfg.data.num_workers, device=device, precision=Precision(cfg.train.amp, device),
-                   desc="infer")
+                   num_workers=cfg.data.num_workers, device=device,
+                   precision=Precision(cfg.train.amp, device, cfg.train.amp_allow_emulated), desc="infer")
     if distributed.info().is_main:
         print(f"predictions of {source} written to {out}")
     return 0

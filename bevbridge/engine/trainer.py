@@ -49,6 +49,7 @@ from bevbridge.engine.errors import EngineError, TrainingDiverged
 from bevbridge.engine.eval_loop import Evaluator, run_evaluation
 from bevbridge.engine.loader import train_loader
 from bevbridge.engine.optim import build_optimizer, scaled_lr
+from bevbridge.engine.precise_bn import recompute_for_evaluation
 from bevbridge.engine.resume import read_resume_checkpoint, retire_abandoned, warn_config_changes
 from bevbridge.engine.rng import get_rng_state, preserved_rng, seed_everything, set_rng_state
 from bevbridge.engine.run_log import RunLog, write_metrics
@@ -85,7 +86,7 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
             torch.use_deterministic_algorithms(True)
         self.module = model.to(self.device)
-        self.precision = Precision(t.amp, self.device)
+        self.precision = Precision(t.amp, self.device, t.amp_allow_emulated)
         # forward + loss in one module, and DDP wraps that one (engine/train_step.py says why)
         self.train_step_module = TrainStep(self.module, self.precision)
         self.model: nn.Module = self.train_step_module
@@ -111,7 +112,8 @@ class Trainer:
             log.info("train.max_epochs %d x %d optimizer steps per epoch -> train.max_steps %d", t.max_epochs,
                      per_epoch, t.max_steps)
         self.schedule = Schedule(cfg.schedule, t.max_steps)
-        self.val_set, self.evaluators, self.collate_fn = val_set, dict(evaluators or {}), collate_fn
+        self.train_set, self.val_set, self.evaluators, self.collate_fn = (train_set, val_set, dict(evaluators or {}),
+                                                                          collate_fn)
         check_best_metric(cfg.eval.best_metric, self.evaluators)  # a misspelt name: now, not never a best checkpoint
         self.ckpts = CheckpointManager(self.run_dir / "checkpoints", t.keep_last)
         self.run_log = RunLog(self.run_dir, enabled=self.dist.is_main)
@@ -301,6 +303,7 @@ class Trainer:
         use_ema = self.cfg.eval.use_ema if use_ema is None else use_ema
         ema = self.ema.applied_to(self.module) if (use_ema and self.ema is not None) else contextlib.nullcontext()
         with preserved_rng(), ema:
+            self._recompute_bn(use_ema and self.ema is not None)
             metrics = run_evaluation(self.module, self.val_set, self.evaluators,
                                      batch_size=self.cfg.eval.batch_size or self.cfg.data.batch_size,
                                      num_workers=self.cfg.data.num_workers, device=self.device,
@@ -308,13 +311,20 @@ class Trainer:
                                      desc=f"eval@{self.step}")
         if self.dist.is_main:
             write_metrics(self.run_dir / "eval" / f"step_{self.step:08d}" / "metrics.json", metrics,
-                          step=self.step, ema=bool(use_ema and self.ema is not None))
+                          step=self.step, ema=bool(use_ema and self.ema is not None), **self.precision.record())
             self.run_log.scalars(self.step, metrics, prefix="eval/")
             headline = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k.count("/") == 1}
             log.info("eval at step %d: %s (all metrics in %s)", self.step,
                      ", ".join(f"{k} {v:.4g}" for k, v in headline.items()),
                      self.run_dir / "eval" / f"step_{self.step:08d}" / "metrics.json")
         return metrics
+
+    def _recompute_bn(self, into_ema: bool) -> None:
+        """``eval.recompute_bn_batches`` > 0: BatchNorm statistics of the weights about to be evaluated
+        (engine/precise_bn.py), also written into the EMA's copy when the EMA weights are evaluated."""
+        if self.cfg.eval.recompute_bn_batches:
+            recompute_for_evaluation(self.module, self.train_set, self.collate_fn, self.cfg, self.dist, self.device,
+                                     self.precision, self.ema if into_ema else None)
 
     def _improved(self, metrics: Mapping[str, Any]) -> bool:
         e = self.cfg.eval

@@ -33,6 +33,11 @@ class ModelConfig:
     def data_needs(self):  # -> DataNeeds
         raise NotImplementedError(f"{type(self).__name__}.data_needs")
 
+    def init_note(self) -> str | None:
+        """A warning for training without ``init_from`` when the paper starts this model from pretrained weights
+        (logged by engine/build.py when a run starts from scratch); None when training from scratch is as published."""
+        return None
+
 
 @dataclass
 class GridConfig:

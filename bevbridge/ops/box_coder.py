@@ -6,8 +6,10 @@ heatmap channel (radius ``max(min_radius, int(gaussian_radius(w, l cells, gaussi
 10-d regression target at that cell: ``reg (2)`` = centre - cell corner in cells, ``height (1)``, ``dim (3)`` =
 log(l, w, h), ``rot (2)`` = (sin, cos) yaw, ``vel (2)`` = (vx, vy).
 
-``height`` is the geometric centre z (our convention) with ``z_origin="centre"``; ``"bottom"`` encodes and decodes
-the bottom-face z that mmdet3d's boxes (and so RCBEVDet's released heads) use.
+``height`` is the geometric centre z with ``z_origin="centre"`` (the default). This is also what mmdet3d's CenterHead
+regresses: its targets are built from ``gravity_center`` (the box centre), and only its decoded boxes are shifted
+to mmdet3d's bottom-face convention afterwards; so RCBEVDet's released heads regress the centre too and load with
+the default. ``"bottom"`` encodes and decodes the bottom-face z instead, for heads trained that way.
 """
 
 from __future__ import annotations

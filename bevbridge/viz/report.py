@@ -26,15 +26,19 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
-def _table(title: str, rows: Mapping[str, object]) -> str:
-    body = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v)}</td></tr>" for k, v in rows.items())
-    return f"<h3>{html.escape(title)}</h3><table><tr><th>metric</th><th>value</th></tr>{body}</table>"
+def _table(title: str, rows: Mapping[str, object], columns: Sequence[str] = ("value",)) -> str:
+    """Rows ``{name: value}``, or ``{name: (value per column)}`` with ``columns`` naming them."""
+    cells = lambda v: "".join(f"<td>{_fmt(x)}</td>" for x in (v if isinstance(v, tuple) else (v,)))  # noqa: E731
+    body = "".join(f"<tr><td>{html.escape(str(k))}</td>{cells(v)}</tr>" for k, v in rows.items())
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    return f"<h3>{html.escape(title)}</h3><table><tr><th>metric</th>{head}</tr>{body}</table>"
 
 
-def write_report(out_dir: str | Path, title: str, sections: Sequence[tuple[str, Mapping[str, object]]],
-                 figures: Sequence[tuple[str, str]], notes: Sequence[str] = (), metrics_file: str | None = None) -> Path:
-    """Write ``out_dir/index.html``: metric tables (``[(title, {name: value})]``), figures (``[(relative path,
-    caption)]``) and free-text notes. Paths are relative so the folder can be moved or served as is."""
+def write_report(out_dir: str | Path, title: str, sections: Sequence[tuple], figures: Sequence[tuple[str, str]],
+                 notes: Sequence[str] = (), metrics_file: str | None = None) -> Path:
+    """Write ``out_dir/index.html``: metric tables (``[(title, {name: value})]``, or ``[(title, {name: (values)},
+    column names)]``), figures (``[(relative path, caption)]``) and free-text notes. Paths are relative so the folder
+    can be moved or served as is."""
     out_dir = Path(out_dir)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
@@ -42,8 +46,8 @@ def write_report(out_dir: str | Path, title: str, sections: Sequence[tuple[str, 
         parts.append(f"<p class='note'>{html.escape(n)}</p>")
     if metrics_file:
         parts.append(f"<p>Raw metrics: <a href='{html.escape(metrics_file)}'>{html.escape(metrics_file)}</a></p>")
-    for t, rows in sections:
-        parts.append(_table(t, rows))
+    for section in sections:
+        parts.append(_table(*section))
     parts.append("<h2>Figures</h2>")
     for rel, caption in figures:
         if not (out_dir / rel).exists():

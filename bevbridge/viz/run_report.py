@@ -104,9 +104,10 @@ def render_samples(model, dataset, indices: Sequence[int], out_dir: Path, seg_gr
 
 
 def render_run_report(out_dir: str | Path, model, dataset, metrics: Mapping[str, Any], scalars: list[dict],
-                      seg_grid: BEVGrid | None, title: str, notes: Sequence[str] = (), num_samples: int = 3
-                      ) -> Path:
-    """All figures plus index.html in ``out_dir``; returns the report's path."""
+                      seg_grid: BEVGrid | None, title: str, notes: Sequence[str] = (), num_samples: int = 3,
+                      baseline: Mapping[str, Any] | None = None) -> Path:
+    """All figures plus index.html in ``out_dir``; returns the report's path. With ``baseline`` (the untrained
+    model's metrics) every metric table shows it beside the result."""
     out_dir = Path(out_dir)
     n = len(dataset)
     indices = sorted({int(round(k * (n - 1) / max(num_samples - 1, 1))) for k in range(num_samples)})
@@ -130,11 +131,16 @@ def render_run_report(out_dir: str | Path, model, dataset, metrics: Mapping[str,
     if curves:
         plot_loss_curves(curves, out_dir / "losses.png")
         figures.append(("losses.png", "Training losses (log scale)."))
-    headline = {k: v for k, v in metrics.items() if k.count("/") == 1}
-    per_ap = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("detection/AP/")}
-    sections = [("Headline metrics", headline)]
-    if per_ap:
-        sections.append(("Detection AP per class", per_ap))
+    def table(title: str, select) -> tuple:
+        name = lambda k: k if k.count("/") <= 1 else k.split("/")[-1]  # noqa: E731
+        keys = [k for k in metrics if select(k)]
+        if baseline is None:
+            return title, {name(k): metrics[k] for k in keys}
+        return title, {name(k): (baseline.get(k, float("nan")), metrics[k]) for k in keys}, ("untrained", "trained")
+
+    sections = [table("Headline metrics", lambda k: k.count("/") == 1)]
+    if any(k.startswith("detection/AP/") for k in metrics):
+        sections.append(table("Detection AP per class", lambda k: k.startswith("detection/AP/")))
     if per_class:
-        sections.append(("Segmentation IoU@max per class", per_class))
+        sections.append(table("Segmentation IoU@max per class", lambda k: k.startswith("segmentation/IoU@max/")))
     return write_report(out_dir, title, sections, figures, notes, metrics_file="metrics.json")

@@ -74,6 +74,10 @@ class RadarBranchConfig:
     second_channels: tuple[int, ...] = (64, 128, 256)
     second_layers: tuple[int, ...] = (3, 5, 5)
     fpn_channels: tuple[int, ...] = (128, 128, 128)
+    # BatchNorm momentum of every BN in the radar branch (incl. CAMF's radar reduction conv); null = as published
+    # (mmdet3d's 0.01 in the pillar encoder, SECOND, SECOND-FPN and CAMF's radar_reduce; 0.1 elsewhere). At 0.01 the running statistics average ~100 steps of moving weights,
+    # too slow for a short run from scratch (the synthetic configs set 0.1).
+    bn_momentum: float | None = None
 
     def __post_init__(self) -> None:
         check_range("model.radar.z_range", self.z_range, strict=True)
@@ -119,6 +123,8 @@ class CenterHeadConfig:
         "motorcycle": 1.0, "bicycle": 1.0, "pedestrian": 1.5, "traffic_cone": 3.5})
     circle_radii: tuple[float, ...] = (4.0,)
     post_center_range: tuple[float, ...] = (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0)
+    # heatmap loss normaliser: positives averaged over the DDP processes (mmdet3d >= 1.x) or each process's own
+    sync_num_positives: bool = True
 
     def __post_init__(self) -> None:
         check_box_range("model.head.post_center_range", self.post_center_range)
@@ -137,6 +143,9 @@ class SegBranchConfig:
     focal_gamma: float = 3.0
     focal_weight: float = 20.0
     dice_weight: float = 20.0
+    # How Dice is reduced (bevbridge/losses/dice.py): "class" = per class over the batch, classes without ground
+    # truth in the batch left out; "sample_class" = per (sample, class), empty pairs included. The paper does not say.
+    dice_reduction: Literal["class", "sample_class"] = "class"
 
     def __post_init__(self) -> None:
         check_size("model.seg.out_size", (self.out_size,))
@@ -175,6 +184,15 @@ class CTABConfig(ModelConfig):
     def __post_init__(self) -> None:
         if self.bridge is not None and self.seg is None:
             raise ValueError("model.bridge (CTAB) needs the segmentation branch: set model.seg")
+
+    def init_note(self) -> str | None:
+        """The multi-task rows start from a trained RCBEVDet (Sec. IV-B); say so when they start from scratch."""
+        if self.seg is None:
+            return None
+        return ("the multi-task model trains from scratch, whereas CTAB (Sec. IV-B) initialises the detection "
+                "backbone from a trained RCBEVDet checkpoint (the bridge's -2.0 gate init exists to protect it); "
+                "expect weaker detection. Set model.init_from to a converted RCBEVDet checkpoint "
+                "(bevbridge/models/ctab/rcbevdet_weights.py) to train as the paper does")
 
     def data_needs(self) -> DataNeeds:
         """Images (+ past frames), radar (optional: a dropped radar is an empty point set), LiDAR for the depth

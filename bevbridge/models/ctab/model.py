@@ -79,14 +79,22 @@ class CTABModel(nn.Module):
             self.radar_neck = SECONDFPN(rd.second_channels, rd.fpn_channels, up)
             self.camf = CAMF(dp.bev_out_channels, sum(rd.fpn_channels), cfg.camf.dim, cfg.camf.heads, cfg.camf.points,
                              self.grid.shape, cfg.camf.fuser_blocks)
+            for branch in (self.radar_encoder, self.radar_scatter, self.radar_backbone, self.radar_neck,
+                           self.camf.radar_reduce):
+                for m in branch.modules():
+                    if rd.bn_momentum is not None and isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.momentum = rd.bn_momentum
         bev_channels = cfg.camf.dim if rd.enabled else dp.bev_out_channels
         # heads
         h = cfg.head
-        self.center_head = CenterHead(bev_channels, h.tasks, DETECTION_CLASSES, self.grid, h.share_conv_channels,
-                                      h.init_bias, h.heatmap_weight, h.bbox_weight, h.code_weights,
-                                      h.gaussian_overlap, h.min_radius, h.max_objs, h.score_threshold, h.nms,
-                                      h.nms_threshold, h.pre_max_size, h.post_max_size, h.scale_factors,
-                                      h.circle_radii, h.post_center_range)
+        self.center_head = CenterHead(
+            bev_channels, h.tasks, DETECTION_CLASSES, self.grid, share_conv_channels=h.share_conv_channels,
+            init_bias=h.init_bias, heatmap_weight=h.heatmap_weight, bbox_weight=h.bbox_weight,
+            code_weights=h.code_weights, gaussian_overlap=h.gaussian_overlap, min_radius=h.min_radius,
+            max_objs=h.max_objs, score_threshold=h.score_threshold, nms=h.nms, nms_threshold=h.nms_threshold,
+            pre_max_size=h.pre_max_size, post_max_size=h.post_max_size, scale_factors=h.scale_factors,
+            circle_radii=h.circle_radii, post_center_range=h.post_center_range,
+            sync_num_positives=h.sync_num_positives)
         self.seg_decoder = self.bev_upsample = self.ctab = self.huw = None
         if cfg.seg is not None:
             s = cfg.seg
@@ -171,7 +179,7 @@ class CTABModel(nn.Module):
             im = self.cfg.image
             tgt = depth_targets(batch.lidar, batch.lidar_mask, batch.K, batch.sensor2ego, batch.ida, batch.bda,
                                 im.input_size, im.downsample, self.cfg.depth.depth_range,
-                                tuple(outputs["depth"].shape[-2:]))
+                                tuple(outputs["depth"].shape[-2:]), cam_mask=batch.cam_mask)
             l_depth = depth_loss(outputs["depth"], tgt, self.cfg.depth.loss_weight)
             terms["det/depth"] = l_depth.detach()
             l_det = l_det + l_depth
@@ -184,7 +192,7 @@ class CTABModel(nn.Module):
         if gt.shape != logits.shape:
             raise ValueError(f"segmentation target {tuple(gt.shape)} != prediction {tuple(logits.shape)}")
         focal = sigmoid_focal_loss(logits, gt, s.focal_alpha, s.focal_gamma)
-        dice = dice_loss(logits, gt)
+        dice = dice_loss(logits, gt, reduction=s.dice_reduction)
         l_seg = s.focal_weight * focal + s.dice_weight * dice
         terms.update({"seg/focal": focal.detach(), "seg/dice": dice.detach()})
         if self.huw is not None:  # Eq. 8

@@ -6,7 +6,7 @@
 3x3 conv-BN-ReLU (64 -> 64) and a 3x3 conv to the output; heatmap biases start at -2.19 (prior 0.1).
 
 Losses (``loss``): Gaussian focal loss on the clamped-sigmoid heatmap, normalised by the number of objects
-(weight 6.0), and L1 on the 10-d box code at the object centres, normalised by the number of objects (weight 1.5).
+(averaged over the processes under torch.distributed, as mmdet3d >= 1.x; weight 6.0), and L1 on the 10-d box code at the object centres, normalised by the number of objects (weight 1.5).
 Targets and decoding use ``bevbridge.ops.box_coder`` on the head's BEVGrid (RCBEVDet: 0.8 m cells).
 Parameter names follow mmdet3d (shared_conv.conv/bn, task_heads.i.<name>.0.conv/bn, .1) for checkpoint loading.
 """
@@ -72,6 +72,20 @@ class CenterHeadNet(nn.Module):
         return [head(x) for head in self.task_heads]
 
 
+def _mean_over_processes(x: torch.Tensor) -> torch.Tensor:
+    """``x`` averaged over the processes of a torch.distributed job (mmdet's ``reduce_mean``); ``x`` alone otherwise.
+
+    mmdet3d >= 1.x divides the heatmap loss by the number of positives averaged over the GPUs, so that every rank's
+    loss has the same normaliser (a rank with few objects does not weigh its few positives up)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / dist.get_world_size()
+
+
 # ------------------------------------------------------------------------------------------- targets, loss, predict
 class CenterHead(nn.Module):
     """CenterHeadNet + CenterPoint targets/loss/decoding over class ``tasks`` (names from DETECTION_CLASSES).
@@ -79,16 +93,30 @@ class CenterHead(nn.Module):
     ``loss(outputs, gt_boxes, gt_labels)`` -> ``{"heatmap": ..., "bbox": ...}`` (weighted, summed over tasks);
     ``predict(outputs)`` -> per sample ``(boxes [k, 9], scores [k], labels [k])`` with labels indexing
     ``class_names``; NMS per task: ``"scale"`` (BEVDet's scale-NMS, RCBEVDet's choice), ``"rotate"`` or ``"circle"``.
+
+    Args:
+        in_channels: BEV feature channels. ``tasks``: class-name groups, one heatmap head each. ``class_names``: the
+            global label order (DETECTION_CLASSES). ``grid``: the BEVGrid of the input features.
+        share_conv_channels, init_bias: the shared 3x3 conv's width and the heatmap bias init (-2.19).
+        heatmap_weight, bbox_weight, code_weights: Gaussian focal weight (6.0), L1 weight (1.5), per-code weights.
+        gaussian_overlap, min_radius, max_objs: CenterPoint target settings.
+        score_threshold, nms, nms_threshold, pre_max_size, post_max_size, scale_factors, circle_radii,
+            post_center_range: decoding and NMS settings.
+        sync_num_positives: divide the heatmap loss by the number of positives averaged over the processes of a
+            torch.distributed job (mmdet3d >= 1.x's ``reduce_mean``; True) or by this process's own count (mmdet3d
+            1.0 and a single process's gradient accumulation; False).
     """
 
     def __init__(self, in_channels: int, tasks: tuple[tuple[str, ...], ...], class_names: tuple[str, ...],
-                 grid, share_conv_channels: int = 64, init_bias: float = -2.19, heatmap_weight: float = 6.0,
+                 grid, *, share_conv_channels: int = 64, init_bias: float = -2.19, heatmap_weight: float = 6.0,
                  bbox_weight: float = 1.5, code_weights: tuple[float, ...] = (1.0,) * 10,
                  gaussian_overlap: float = 0.1, min_radius: int = 2, max_objs: int = 500,
                  score_threshold: float = 0.1, nms: str = "scale", nms_threshold: float = 0.2,
                  pre_max_size: int = 1000, post_max_size: int = 500, scale_factors: dict[str, float] | None = None,
-                 circle_radii: tuple[float, ...] = (4.0,), post_center_range: tuple[float, ...] | None = None):
+                 circle_radii: tuple[float, ...] = (4.0,), post_center_range: tuple[float, ...] | None = None,
+                 sync_num_positives: bool = True):
         super().__init__()
+        self.sync_num_positives = sync_num_positives
         from bevbridge.ops.box_coder import CenterPointCoder
 
         unknown = [c for t in tasks for c in t if c not in class_names]
@@ -137,7 +165,8 @@ class CenterHead(nn.Module):
                 labels.append(self.index_in[lab[sel]])
             t = coder.encode(boxes, labels)
             pred_heat = out["heatmap"].float().sigmoid().clamp(1e-4, 1 - 1e-4)
-            num_pos = t.heatmap.eq(1).float().sum().clamp(min=1.0)
+            num_pos = t.heatmap.eq(1).float().sum()
+            num_pos = (_mean_over_processes(num_pos) if self.sync_num_positives else num_pos).clamp(min=1.0)
             heat_total = heat_total + gaussian_focal_loss(pred_heat, t.heatmap, avg_factor=num_pos)
             pred_box = torch.cat([out[k] for k in ("reg", "height", "dim", "rot", "vel")], 1).float()  # [B, 10, H, W]
             B = pred_box.shape[0]

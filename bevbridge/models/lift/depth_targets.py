@@ -17,13 +17,16 @@ __all__ = ["depth_targets", "depth_loss"]
 
 def depth_targets(lidar: torch.Tensor, lidar_mask: torch.Tensor, K: torch.Tensor, sensor2ego: torch.Tensor,
                   ida: torch.Tensor, bda: torch.Tensor, image_hw: tuple[int, int], downsample: int,
-                  depth_range: tuple[float, float, float], feat_hw: tuple[int, int] | None = None) -> torch.Tensor:
+                  depth_range: tuple[float, float, float], feat_hw: tuple[int, int] | None = None,
+                  cam_mask: torch.Tensor | None = None) -> torch.Tensor:
     """One-hot depth targets ``[B, N, h, w, D]`` (all zeros where no LiDAR point falls in a patch).
 
     Shapes: ``lidar [B, P, >=3]`` (augmented ego frame), ``lidar_mask [B, P]``, ``K, ida [B, N, 3, 3]``,
     ``sensor2ego [B, N, 4, 4]`` (camera -> key ego, before bda), ``bda [B, 4, 4]``. ``feat_hw`` is the depth
     map's (h, w) when the image size is not a multiple of ``downsample`` (the backbone rounds up); patches are
-    ``downsample`` pixels wide from the top-left corner either way.
+    ``downsample`` pixels wide from the top-left corner either way. ``cam_mask [B, N]`` (bool): a camera marked False
+    (dropped) gets no target at all, as the LSS gives it no depth (its prediction is zeroed, so supervising it would
+    only add a constant to the loss).
     """
     B, N = K.shape[:2]
     H, W = image_hw
@@ -43,6 +46,8 @@ def depth_targets(lidar: torch.Tensor, lidar_mask: torch.Tensor, K: torch.Tensor
     u, v = uv[..., 0], uv[..., 1]
     valid = (lidar_mask[:, None] & (depth >= dmin) & (depth < dmax) & (u >= 0) & (u < min(W, w * downsample))
              & (v >= 0) & (v < min(H, h * downsample)))
+    if cam_mask is not None:
+        valid &= cam_mask.to(torch.bool)[..., None]
     patch = (v.floor().long() // downsample).clamp(0, h - 1) * w + (u.floor().long() // downsample).clamp(0, w - 1)
     flat = (torch.arange(B * N, device=K.device).view(B, N, 1) * (h * w) + patch)[valid]
     nearest = torch.full((B * N * h * w,), float("inf"), device=K.device)
