@@ -164,3 +164,28 @@ def test_check_data_on_clean_data_exits_zero(tiny_world, tmp_path):
     r = bevbridge("check-data", "--dataroot", str(tiny_world), "--version", "v1.0-mini", "--split", "synth_val",
                   "--out", str(tmp_path / "r.json"), cwd=tmp_path)
     assert r.returncode == 0 and "OK: nothing missing or corrupt" in r.stdout, r.stderr
+
+
+def test_check_data_after_parallel_opencv_work_in_the_same_process_does_not_hang(tiny_world, tmp_path):
+    """Catches: check-data's worker pool forked from a process whose OpenCV thread pool is running (any earlier
+    parallel cv2 call, as a dataset item or an image warp makes): each forked worker's cv2.setNumThreads() then waits
+    for ever. It hung CI's test run in the previous test (the pytest process had loaded images). Run in a subprocess
+    with a time limit so that a regression fails here instead of hanging the suite."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import cv2, numpy as np
+        from bevbridge.data.check import check_data
+        img = np.ones((900, 1600, 3), np.uint8)
+        for _ in range(3):
+            cv2.warpAffine(img, np.eye(2, 3), (1600, 900))  # starts OpenCV's thread pool in this process
+        r = check_data({str(tiny_world)!r}, "v1.0-mini", ["synth_val"], radar_sweeps=1, lidar_sweeps=1, workers=2)
+        print("ok" if r["ok"] else "not ok", r["files_checked"])
+    """)
+    try:
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    except subprocess.TimeoutExpired:
+        pytest.fail("check_data hung after parallel OpenCV work in the same process (forked workers)")
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-2000:]

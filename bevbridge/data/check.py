@@ -13,6 +13,7 @@ opens). The report is JSON (:func:`check_data`'s return value) plus a short summ
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -141,7 +142,10 @@ def check_data(dataroot: str | os.PathLike, version: str, splits: Sequence[str],
     workers = workers or min(os.cpu_count() or 1, 8)
     bar = progress(total=len(jobs), desc="check-data", unit="file")
     results = []
-    with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+    # spawned, not forked: a forked worker inherits OpenCV's thread pool in a state its own cv2.setNumThreads() waits
+    # on for ever once this process has run a parallel cv2 call (a dataset item, an image warp): the hang that stopped
+    # CI in the middle of the test suite (tests/test_data_skip_check.py reproduces it in a subprocess).
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
         for res in pool.map(check_file, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8) or 1))):
             results.append(res)
             bar.update()
