@@ -79,7 +79,9 @@ def ms_deform_attn_reference(value: torch.Tensor, spatial_shapes: torch.Tensor, 
     for lvl, v in enumerate(value.split([H * W for H, W in shapes], dim=1)):
         H, W = shapes[lvl]
         img = v.flatten(2).transpose(1, 2).reshape(B * h, d, H, W)
-        grid = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)  # [B*h, Nq, P, 2]
+        # [B*h, Nq, P, 2]; contiguous: at B=1 flatten() would return a strided view, which the grid-sampler kernels
+        # read 1.5-2x slower (mmcv's formulation has that penalty at batch 1 and not above).
+        grid = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1).contiguous()
         samples.append(F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
     attn = attention_weights.transpose(1, 2).reshape(B * h, 1, Nq, L * P)
     out = (torch.stack(samples, dim=-2).flatten(-2) * attn).sum(-1)  # [B*h, d, Nq]
