@@ -1,7 +1,8 @@
 """Benchmark the pure-PyTorch ops against their straightforward references, side by side in one run.
 
     python benchmarks/bench_ops.py [--ops msda,bev_pool,voxelize,boxes] [--repeats 5] [--threads 2] [--quick]
-                                   [--clock wall|cpu] [--shape TEXT] [--no-memory] [--compile]
+                                   [--clock wall|cpu] [--shape TEXT] [--no-memory] [--compile] [--mmcv-grid]
+                                   [--msda-chunks 16,18,20]
 
 Prints one Markdown table: op, shape, impl, forward ms, forward+backward ms, peak MB, speed-up vs the reference,
 max |error| vs a float64 reference, and (MSDA) the gradients' errors. How it measures:
@@ -167,11 +168,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="wall time, or the process's CPU time (all threads; robust to a busy machine with --threads 1)")
     p.add_argument("--shape", default="", help="only the cases whose shape description contains this text")
     p.add_argument("--compile", action="store_true", help="add torch.compile'd MSDA variants (slow to compile)")
+    p.add_argument("--mmcv-grid", action="store_true",
+                   help="add the MSDA reference with mmcv's strided per-level grid (slower at batch 1 only)")
+    p.add_argument("--msda-chunks", default="", metavar="LOG2,...",
+                   help="add the MSDA gather implementation with chunks of 2^LOG2 elements (chunk-size ablation)")
     p.add_argument("--peak", nargs=3, metavar=("OP", "INDEX", "IMPL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.compile:
         os.environ["BEVBRIDGE_BENCH_COMPILE"] = "1"
+    if args.mmcv_grid:
+        os.environ["BEVBRIDGE_BENCH_MMCV_GRID"] = "1"
+    if args.msda_chunks:
+        os.environ["BEVBRIDGE_BENCH_CHUNKS"] = args.msda_chunks
     if args.peak:
         peak_memory_child(args.peak[0], int(args.peak[1]), args.peak[2], args.quick)
         return 0

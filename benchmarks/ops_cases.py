@@ -20,6 +20,7 @@ from bevbridge.ops.bev_pool import bev_pool, bev_pool_plan, bev_pool_reference
 from bevbridge.ops.box_coder import CenterPointCoder
 from bevbridge.ops.frustum import depth_bins, feature_pixels, frustum_points
 from bevbridge.ops.iou3d import box_iou_bev
+from bevbridge.ops import msda_gather
 from bevbridge.ops.msda import ms_deform_attn, ms_deform_attn_reference
 from bevbridge.ops.nms import circle_nms, nms_rotated, scale_nms
 from bevbridge.ops.voxelize import voxelize
@@ -151,17 +152,48 @@ def msda_specs() -> list[tuple]:
     return specs
 
 
+def _msda_reference_mmcv_grid(value, spatial_shapes, level_start_index, loc, attn):
+    """``ms_deform_attn_reference`` exactly as mmcv writes it: the per-level grid ``[:, :, :, lvl].transpose(1, 2)
+    .flatten(0, 1)`` is a strided view at batch 1 (a copy from batch 2 on), which grid_sample reads more slowly."""
+    B, _, h, d = value.shape
+    _, Nq, _, L, P, _ = loc.shape
+    shapes = [(int(H), int(W)) for H, W in spatial_shapes.tolist()]
+    grids, samples = 2 * loc - 1, []
+    for lvl, v in enumerate(value.split([H * W for H, W in shapes], dim=1)):
+        img = v.flatten(2).transpose(1, 2).reshape(B * h, d, *shapes[lvl])
+        grid = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
+        samples.append(torch.nn.functional.grid_sample(img, grid, mode="bilinear", padding_mode="zeros",
+                                                       align_corners=False))
+    weights = attn.transpose(1, 2).reshape(B * h, 1, Nq, L * P)
+    out = (torch.stack(samples, dim=-2).flatten(-2) * weights).sum(-1)
+    return out.view(B, h * d, Nq).transpose(1, 2).contiguous()
+
+
+DEFAULT_CHUNK_ELEMENTS = msda_gather.CHUNK_ELEMENTS
+
+
+def _gather_with_chunks(state: dict, elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+    """The gather implementation with ``msda_gather.CHUNK_ELEMENTS = elements``. It stays set after the call, so the
+    backward that the harness runs next uses it too; every gather variant sets its own before its forward."""
+    msda_gather.CHUNK_ELEMENTS = elements
+    return ms_deform_attn(*state["args"], impl="gather")
+
+
 def msda_cases(quick: bool) -> list[Case]:
     specs = msda_specs()
     if quick:
         specs = [("quick: 2 lvl 8x8+4x4, h2 d4 P2, Nq 16", 1, [(8, 8), (4, 4)], 16, 2, 4, 2, "grid")]
     impls = {
         "reference": lambda s: ms_deform_attn_reference(*s["args"]),
-        "gather": lambda s: ms_deform_attn(*s["args"], impl="gather"),
+        "gather": _gather_with_chunks,
     }
     if os.environ.get("BEVBRIDGE_BENCH_COMPILE"):
         compiled_ref = torch.compile(ms_deform_attn_reference, dynamic=False)
         impls["reference+compile"] = lambda s: compiled_ref(*s["args"])
+    if os.environ.get("BEVBRIDGE_BENCH_MMCV_GRID"):
+        impls["reference, mmcv's grid strides"] = lambda s: _msda_reference_mmcv_grid(*s["args"])
+    for log2 in filter(None, os.environ.get("BEVBRIDGE_BENCH_CHUNKS", "").split(",")):
+        impls[f"gather, chunks of 2^{log2}"] = lambda s, n=1 << int(log2): _gather_with_chunks(s, n)
     return [Case("msda", name, lambda truth=True, a=a: _msda_setup(*a, truth=truth), impls, "reference",
                  error=_max_err, grad_error=_msda_grad_err) for name, *a in specs]
 
