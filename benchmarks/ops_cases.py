@@ -21,7 +21,7 @@ from bevbridge.ops.box_coder import CenterPointCoder
 from bevbridge.ops.frustum import depth_bins, feature_pixels, frustum_points
 from bevbridge.ops.iou3d import box_iou_bev
 from bevbridge.ops import msda_gather
-from bevbridge.ops.msda import ms_deform_attn, ms_deform_attn_reference
+from bevbridge.ops.msda import choose_impl, ms_deform_attn, ms_deform_attn_reference
 from bevbridge.ops.nms import circle_nms, nms_rotated, scale_nms
 from bevbridge.ops.voxelize import voxelize
 
@@ -172,6 +172,10 @@ def _msda_reference_mmcv_grid(value, spatial_shapes, level_start_index, loc, att
 DEFAULT_CHUNK_ELEMENTS = msda_gather.CHUNK_ELEMENTS
 
 
+def _reset_chunks() -> None:
+    msda_gather.CHUNK_ELEMENTS = DEFAULT_CHUNK_ELEMENTS
+
+
 def _gather_with_chunks(state: dict, elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
     """The gather implementation with ``msda_gather.CHUNK_ELEMENTS = elements``. It stays set after the call, so the
     backward that the harness runs next uses it too; every gather variant sets its own before its forward."""
@@ -180,22 +184,30 @@ def _gather_with_chunks(state: dict, elements: int = DEFAULT_CHUNK_ELEMENTS) -> 
 
 
 def msda_cases(quick: bool) -> list[Case]:
+    """Per case: the reference, ``ms_deform_attn`` as users call it (``impl="auto"``, named after the formulation
+    its rule picks there), and the gather formulation on its own where "auto" picks the reference."""
     specs = msda_specs()
     if quick:
         specs = [("quick: 2 lvl 8x8+4x4, h2 d4 P2, Nq 16", 1, [(8, 8), (4, 4)], 16, 2, 4, 2, "grid")]
-    impls = {
-        "reference": lambda s: ms_deform_attn_reference(*s["args"]),
-        "gather": _gather_with_chunks,
-    }
+    extra = {}
     if os.environ.get("BEVBRIDGE_BENCH_COMPILE"):
         compiled_ref = torch.compile(ms_deform_attn_reference, dynamic=False)
-        impls["reference+compile"] = lambda s: compiled_ref(*s["args"])
+        extra["reference+compile"] = lambda s: compiled_ref(*s["args"])
     if os.environ.get("BEVBRIDGE_BENCH_MMCV_GRID"):
-        impls["reference, mmcv's grid strides"] = lambda s: _msda_reference_mmcv_grid(*s["args"])
+        extra["reference, mmcv's grid strides"] = lambda s: _msda_reference_mmcv_grid(*s["args"])
     for log2 in filter(None, os.environ.get("BEVBRIDGE_BENCH_CHUNKS", "").split(",")):
-        impls[f"gather, chunks of 2^{log2}"] = lambda s, n=1 << int(log2): _gather_with_chunks(s, n)
-    return [Case("msda", name, lambda truth=True, a=a: _msda_setup(*a, truth=truth), impls, "reference",
-                 error=_max_err, grad_error=_msda_grad_err) for name, *a in specs]
+        extra[f"gather, chunks of 2^{log2}"] = lambda s, n=1 << int(log2): _gather_with_chunks(s, n)
+    cases = []
+    for name, *a in specs:
+        _, shapes, Nq, _, _, P, _ = a
+        choice = choose_impl(shapes, Nq, len(shapes) * P)
+        impls = {"reference": lambda s: ms_deform_attn_reference(*s["args"]),
+                 f"auto -> {choice}": lambda s: (_reset_chunks(), ms_deform_attn(*s["args"]))[1]}
+        if choice != "gather":
+            impls["gather"] = _gather_with_chunks
+        cases.append(Case("msda", name, lambda truth=True, a=a: _msda_setup(*a, truth=truth), {**impls, **extra},
+                          "reference", error=_max_err, grad_error=_msda_grad_err))
+    return cases
 
 
 # ------------------------------------------------------------------------------------------------------ bev_pool

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bevbridge.ops import msda_gather
-from bevbridge.ops.msda import IMPLEMENTATIONS, MSDeformAttn, ms_deform_attn, ms_deform_attn_reference
+from bevbridge.ops import msda, msda_gather
+from bevbridge.ops.msda import IMPLEMENTATIONS, MSDeformAttn, choose_impl, ms_deform_attn, ms_deform_attn_reference
 
 
 def make_inputs(B=2, shapes=((7, 9), (3, 4), (1, 2)), Nq=13, h=2, d=3, P=3, dtype=torch.float64, spread=0.3, seed=0):
@@ -146,6 +146,32 @@ def test_location_gradient_at_cell_borders_and_map_edges_is_the_right_derivative
     assert grad.abs().sum() > 0
 
 
+def test_auto_rule_on_the_config_shapes_and_at_its_threshold():
+    """Fewer than one sampling point per two value positions (per batch x head slice) -> "reference"."""
+    assert choose_impl([(200, 200)], 900, 4) == "reference"  # BEVFormer decoder on the 200x200 BEV: 0.09
+    assert choose_impl([(200, 200)], 9900, 4) == "gather"  # v2 with group DETR x11: 0.99
+    assert choose_impl([(50, 50)], 900, 4) == "gather"  # BEVFormer-tiny decoder: 1.44
+    assert choose_impl([(128, 128)], 16384, 4) == "gather"  # CTAB
+    assert choose_impl([(116, 200), (58, 100), (29, 50), (15, 25)], 9000, 32) == "gather"  # BEVFormer SCA
+    assert choose_impl([(10, 10)], 25, 2) == "gather" and choose_impl([(10, 10)], 24, 2) == "reference"
+
+
+@pytest.mark.parametrize("case", ["few points on big maps", "many points on small maps"])
+def test_auto_dispatches_by_the_rule_and_matches_the_reference_float64(case, monkeypatch):
+    calls = []
+    real = msda.gather_msda
+    monkeypatch.setattr(msda, "gather_msda", lambda *a: calls.append("gather") or real(*a))
+    shapes, Nq = (((20, 30), (10, 15)), 5) if case.startswith("few") else (((7, 9), (3, 4)), 40)
+    value, ss, starts, loc, attn = make_inputs(B=2, shapes=shapes, Nq=Nq, h=2, d=3, P=2, seed=11)
+    cot = torch.randn(2, Nq, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ref, g_ref = _grads(lambda v, l, a: ms_deform_attn_reference(v, ss, starts, l, a), value, loc, attn, cot)
+    out, g_out = _grads(lambda v, l, a: ms_deform_attn(v, ss, starts, l, a), value, loc, attn, cot)
+    assert calls == ([] if case.startswith("few") else ["gather"])
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    for a, b in zip(g_out, g_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_gradcheck(impl):
     value, ss, starts, loc, attn = make_inputs(B=1, shapes=((4, 5), (2, 3)), Nq=4, h=2, d=2, P=2, seed=2)
@@ -190,7 +216,8 @@ def test_gather_computes_the_requested_gradients_only_and_right(needs):
     cot = torch.randn(2, 13, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     leaves = [t.clone().requires_grad_(n) for t, n in zip((value, loc, attn), needs)]
     wanted = [t for t in leaves if t.requires_grad]
-    g_out = torch.autograd.grad(ms_deform_attn(leaves[0], ss, starts, leaves[1], leaves[2]), wanted, cot)
+    g_out = torch.autograd.grad(ms_deform_attn(leaves[0], ss, starts, leaves[1], leaves[2], impl="gather"), wanted,
+                                cot)
     g_ref = torch.autograd.grad(ms_deform_attn_reference(leaves[0], ss, starts, leaves[1], leaves[2]), wanted, cot)
     for a, b in zip(g_out, g_ref):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
@@ -203,7 +230,7 @@ def test_gather_takes_strided_inputs_and_gradients():
     value_t = value.transpose(0, 1).contiguous().transpose(0, 1)  # same values, batch-minor strides
     loc_t = loc.permute(5, 0, 1, 2, 3, 4).contiguous().permute(1, 2, 3, 4, 5, 0)
     leaves = [t.requires_grad_() for t in (value_t, loc_t, attn)]
-    out = ms_deform_attn(leaves[0], ss, starts, leaves[1], leaves[2])
+    out = ms_deform_attn(leaves[0], ss, starts, leaves[1], leaves[2], impl="gather")
     ref = ms_deform_attn_reference(value, ss, starts, loc, attn)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     cot = torch.randn(out.shape[2], out.shape[1], out.shape[0], dtype=torch.float64).permute(2, 1, 0)
@@ -225,6 +252,22 @@ def test_chunk_size_is_a_multiple_of_the_thread_count_within_bounds():
                 assert c < max(msda_gather.CHUNK_ELEMENTS // max(elements, 1), 1) + t, (t, N, elements, c)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_atlas_holds_each_level_inside_zero_borders_even_in_reused_memory():
+    """The atlas is allocated uninitialised and only its borders are zeroed: memory just freed full of NaN must not
+    leak into it (a forgotten border would add garbage to every point near a map edge)."""
+    shapes, B, h, d = [(4, 6), (2, 3)], 2, 3, 5
+    value = torch.randn(B, 30, h, d, dtype=torch.float64)
+    Ha, Wa, row0 = msda_gather.atlas_layout(shapes)
+    for _ in range(3):
+        junk = torch.full((B, h, Ha, Wa, d), float("nan"), dtype=torch.float64)
+        del junk  # the allocator hands this block straight back
+        atlas = msda_gather._atlas(value, shapes)
+        want = torch.zeros(B, h, Ha, Wa, d, dtype=torch.float64)
+        for (H, W), r, v in zip(shapes, row0, value.split([24, 6], 1)):
+            want[:, :, r + 1:r + 1 + H, 1:1 + W] = v.view(B, H, W, h, d).permute(0, 3, 1, 2, 4)
+        assert torch.equal(atlas, want)
 
 
 def test_atlas_offsets_switch_to_int64_before_int32_overflows():

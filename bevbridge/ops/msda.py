@@ -9,19 +9,22 @@
 - ``attention_weights [B, Nq, heads, L, P]`` (softmax over L*P is the caller's job).
 - returns ``[B, Nq, heads * dim]``: bilinear samples (zeros outside each map) weighted by the attention weights.
 
-Two implementations give the same result (tests compare them in float64; the benchmark in float32):
+Two implementations give the same result (tests compare them in float64; the benchmark in float32), and
+``impl="auto"`` (the default) picks the faster one per shape by a static rule on the shapes (``choose_impl``):
 
 - ``"reference"``: the straightforward one (mmcv's ``multi_scale_deformable_attn_pytorch``): one ``grid_sample`` per
   level on ``[B*heads, dim, H, W]`` maps, then a weighted sum. It materialises ``[B*heads, dim, Nq, L*P]`` samples.
-- ``"gather"`` (the default; ``bevbridge/ops/msda_gather.py``): heads folded into the batch, all levels packed into
-  one zero-bordered atlas, the four bilinear corners of every point found by index arithmetic and the whole weighted
+  "auto" uses it when the maps are large for the number of points (fewer than one point per two value positions):
+  there its reading the value in place beats the gather's atlas copy.
+- ``"gather"`` (``bevbridge/ops/msda_gather.py``): heads folded into the batch, all levels packed into one
+  zero-bordered atlas, the four bilinear corners of every point found by index arithmetic and the whole weighted
   sum done by one ``F.embedding_bag`` (per-sample weights = attention x bilinear weight), which reads each corner row
   once and materialises no per-point samples. Its backward runs ``grid_sample``'s own backward kernel per level
   (the fastest scatter-add PyTorch has on CPU; it also gives the location gradient, with the reference's grid, so
   it is the reference's at cell borders too) and gets the attention gradient from per-point samples and one batched
   matrix-vector product; all per-point temporaries are made and consumed in chunks of (batch x head) slices.
-  Faster than the reference at every measured shape and batch size, forward and forward+backward
-  (``benchmarks/RESULTS.md``), so no per-shape dispatch is needed.
+  "auto" uses it everywhere else: every CTAB and BEVFormer shape but BEVFormer's decoder on the 200x200 BEV, where
+  it is 1.3-12x faster forward and 1.2-2.3x forward+backward (``benchmarks/RESULTS.md``).
 
 Measured and dropped (``benchmarks/RESULTS.md``): a single ``grid_sample`` over the atlas with autograd ("fused
 levels"), bf16 (slower on CPU; half-precision inputs are computed in float32 here), ``torch.compile`` of the
@@ -40,10 +43,10 @@ from torch import nn
 
 from bevbridge.ops.msda_gather import gather_msda
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_reference", "MSDeformAttn", "IMPLEMENTATIONS"]
+__all__ = ["ms_deform_attn", "ms_deform_attn_reference", "choose_impl", "MSDeformAttn", "IMPLEMENTATIONS"]
 
-Impl = Literal["gather", "reference"]
-IMPLEMENTATIONS: tuple[str, ...] = ("gather", "reference")
+Impl = Literal["auto", "gather", "reference"]
+IMPLEMENTATIONS: tuple[str, ...] = ("auto", "gather", "reference")
 
 
 def _check(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> list[tuple[int, int]]:
@@ -88,17 +91,34 @@ def ms_deform_attn_reference(value: torch.Tensor, spatial_shapes: torch.Tensor, 
     return out.view(B, h * d, Nq).transpose(1, 2).contiguous()
 
 
+def choose_impl(shapes: list[tuple[int, int]], num_queries: int, points_per_query: int) -> str:
+    """The static rule behind ``impl="auto"``: ``"reference"`` (one ``grid_sample`` per level) when a (batch, head)
+    slice has fewer than one sampling point per two value positions, ``Nq * L * P < S / 2``, else ``"gather"``.
+
+    Below that ratio the work is in passes over the value (the gather's atlas copy and its gradient) rather than
+    over the points, and grid_sample's kernels, which read the value in place, win: measured crossover
+    0.3-0.5 points per position on 50x50 to 200x200 maps, BEVFormer's decoder on the 200x200 BEV (900 queries x 4
+    points, ratio 0.09) is the one config shape below it (benchmarks/RESULTS.md). A rule on shapes, not a timing,
+    so results do not depend on the machine.
+    """
+    return "reference" if 2 * num_queries * points_per_query < sum(H * W for H, W in shapes) else "gather"
+
+
 def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
-                   sampling_locations: torch.Tensor, attention_weights: torch.Tensor, impl: Impl = "gather"
+                   sampling_locations: torch.Tensor, attention_weights: torch.Tensor, impl: Impl = "auto"
                    ) -> torch.Tensor:
     """Multi-scale deformable attention core: ``[B, S, h, d]`` values -> ``[B, Nq, h*d]`` (shapes: module doc).
 
-    ``impl`` picks the implementation ("gather" or "reference"); both give the same result up to rounding.
+    ``impl`` picks the implementation: "gather" or "reference" (same result up to rounding), or "auto" (the default)
+    for the faster one at these shapes (``choose_impl``).
     """
+    shapes = _check(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if impl == "auto":
+        _, Nq, _, L, P, _ = sampling_locations.shape
+        impl = choose_impl(shapes, Nq, L * P)
     if impl == "reference":
         return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations,
                                         attention_weights)
-    shapes = _check(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if value.dtype in (torch.float16, torch.bfloat16):
         # Computed in float32: bf16 is slower on CPU (benchmarks/RESULTS.md), and half-precision atlas coordinates
         # cannot address a big atlas exactly.
@@ -128,12 +148,12 @@ class MSDeformAttn(nn.Module):
     ``identity`` defaults to the query (before ``query_pos`` is added) when ``residual=True``, and to nothing when
     ``residual=False``: CTAB (Eqs. 4-5, Sec. III-D) passes a zero identity so only the attended signal is output.
     Only ``batch_first`` layouts are supported (every caller here is batch-first). ``impl`` picks the core
-    (``ms_deform_attn``); "gather" is the faster one at every CTAB and BEVFormer shape, forward and backward
-    (benchmarks/RESULTS.md), "reference" is there to check it against.
+    (``ms_deform_attn``); the default "auto" picks the faster formulation per shape by a static rule
+    (``choose_impl``; benchmarks/RESULTS.md).
     """
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4, num_points: int = 4,
-                 dropout: float = 0.1, residual: bool = True, impl: Impl = "gather"):
+                 dropout: float = 0.1, residual: bool = True, impl: Impl = "auto"):
         super().__init__()
         if embed_dims % num_heads:
             raise ValueError(f"embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})")

@@ -88,12 +88,18 @@ def _transpose(t: torch.Tensor) -> torch.Tensor:
 
 
 def _atlas(value: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
-    """``value [B, S, h, d]`` -> zero-bordered atlas ``[B, h, Ha, Wa, d]``."""
+    """``value [B, S, h, d]`` -> zero-bordered atlas ``[B, h, Ha, Wa, d]``. Only the borders are zeroed: a zero fill
+    of the whole atlas would be a second full pass over it, which dominates when the maps are big and the queries
+    few."""
     B, _, h, d = value.shape
     Ha, Wa, row0 = atlas_layout(shapes)
-    atlas = value.new_zeros(B, h, Ha, Wa, d)
+    atlas = value.new_empty(B, h, Ha, Wa, d)
     s0 = 0
     for (H, W), r in zip(shapes, row0):
+        atlas[:, :, r].zero_()
+        atlas[:, :, r + H + 1:r + H + 3].zero_()
+        atlas[:, :, r + 1:r + 1 + H, 0].zero_()
+        atlas[:, :, r + 1:r + 1 + H, W + 1:].zero_()
         atlas[:, :, r + 1:r + 1 + H, 1:1 + W] = value[:, s0:s0 + H * W].view(B, H, W, h, d).permute(0, 3, 1, 2, 4)
         s0 += H * W
     return atlas
