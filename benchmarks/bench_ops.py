@@ -2,7 +2,7 @@
 
     python benchmarks/bench_ops.py [--ops msda,bev_pool,voxelize,boxes] [--repeats 5] [--threads 2] [--quick]
                                    [--clock wall|cpu] [--shape TEXT] [--no-memory] [--compile] [--mmcv-grid]
-                                   [--msda-chunks 16,18,20]
+                                   [--msda-chunks 16,18,20] [--msda-sweep]
 
 Prints one Markdown table: op, shape, impl, forward ms, forward+backward ms, peak MB, speed-up vs the reference,
 max |error| vs a float64 reference, and (MSDA) the gradients' errors. How it measures:
@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="add the MSDA reference with mmcv's strided per-level grid (slower at batch 1 only)")
     p.add_argument("--msda-chunks", default="", metavar="LOG2,...",
                    help="add the MSDA gather implementation with chunks of 2^LOG2 elements (chunk-size ablation)")
+    p.add_argument("--msda-sweep", action="store_true",
+                   help="MSDA: the points-per-value-position sweep behind impl='auto' instead of the config shapes")
     p.add_argument("--peak", nargs=3, metavar=("OP", "INDEX", "IMPL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -181,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["BEVBRIDGE_BENCH_MMCV_GRID"] = "1"
     if args.msda_chunks:
         os.environ["BEVBRIDGE_BENCH_CHUNKS"] = args.msda_chunks
+    if args.msda_sweep:
+        os.environ["BEVBRIDGE_BENCH_MSDA_SWEEP"] = "1"
     if args.peak:
         peak_memory_child(args.peak[0], int(args.peak[1]), args.peak[2], args.quick)
         return 0

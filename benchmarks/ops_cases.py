@@ -183,10 +183,19 @@ def _gather_with_chunks(state: dict, elements: int = DEFAULT_CHUNK_ELEMENTS) -> 
     return ms_deform_attn(*state["args"], impl="gather")
 
 
+def msda_sweep_specs() -> list[tuple]:
+    """Decoder-like cross-attention (1 level, queries anywhere) across the ratio of sampling points to value
+    positions that ``choose_impl`` thresholds at 1/2: maps 50x50 to 200x200, 100 to 10000 queries, B=1, h8 d32 P4."""
+    sizes = [(200, 900), (200, 2000), (200, 4000), (200, 10000), (100, 300), (100, 900), (100, 2500), (50, 100),
+             (50, 300), (50, 900)]
+    return [(f"sweep: 1 lvl {n}x{n}, h8 d32 P4, Nq {q} ({4 * q / n**2:.2f} points per position)", 1, [(n, n)], q, 8,
+             32, 4, "camera") for n, q in sizes]
+
+
 def msda_cases(quick: bool) -> list[Case]:
     """Per case: the reference, ``ms_deform_attn`` as users call it (``impl="auto"``, named after the formulation
     its rule picks there), and the gather formulation on its own where "auto" picks the reference."""
-    specs = msda_specs()
+    specs = msda_sweep_specs() if os.environ.get("BEVBRIDGE_BENCH_MSDA_SWEEP") else msda_specs()
     if quick:
         specs = [("quick: 2 lvl 8x8+4x4, h2 d4 P2, Nq 16", 1, [(8, 8), (4, 4)], 16, 2, 4, 2, "grid")]
     extra = {}
@@ -203,7 +212,7 @@ def msda_cases(quick: bool) -> list[Case]:
         choice = choose_impl(shapes, Nq, len(shapes) * P)
         impls = {"reference": lambda s: ms_deform_attn_reference(*s["args"]),
                  f"auto -> {choice}": lambda s: (_reset_chunks(), ms_deform_attn(*s["args"]))[1]}
-        if choice != "gather":
+        if choice != "gather" or os.environ.get("BEVBRIDGE_BENCH_MSDA_SWEEP"):
             impls["gather"] = _gather_with_chunks
         cases.append(Case("msda", name, lambda truth=True, a=a: _msda_setup(*a, truth=truth), {**impls, **extra},
                           "reference", error=_max_err, grad_error=_msda_grad_err))
