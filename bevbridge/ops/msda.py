@@ -75,6 +75,10 @@ def ms_deform_attn_reference(value: torch.Tensor, spatial_shapes: torch.Tensor, 
                              sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
     """The straightforward implementation: one ``grid_sample`` per level (mmcv's pure-PyTorch path). Shapes: module doc."""
     shapes = _check(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    return _reference(value, shapes, sampling_locations, attention_weights)
+
+
+def _reference(value, shapes, sampling_locations, attention_weights) -> torch.Tensor:
     B, _, h, d = value.shape
     _, Nq, _, L, P, _ = sampling_locations.shape
     grids = 2 * sampling_locations - 1
@@ -96,10 +100,11 @@ def choose_impl(shapes: list[tuple[int, int]], num_queries: int, points_per_quer
     slice has fewer than one sampling point per two value positions, ``Nq * L * P < S / 2``, else ``"gather"``.
 
     Below that ratio the work is in passes over the value (the gather's atlas copy and its gradient) rather than
-    over the points, and grid_sample's kernels, which read the value in place, win: measured crossover
-    0.3-0.5 points per position on 50x50 to 200x200 maps, BEVFormer's decoder on the 200x200 BEV (900 queries x 4
-    points, ratio 0.09) is the one config shape below it (benchmarks/RESULTS.md). A rule on shapes, not a timing,
-    so results do not depend on the machine.
+    over the points, and grid_sample's kernels, which read the value in place, win. Measured on 50x50 to 200x200
+    maps (``bench_ops.py --msda-sweep``): forward+backward breaks even between 0.2 and 0.4 points per position, the
+    forward alone lower, so the threshold errs on grid_sample's side. BEVFormer's decoder on the 200x200 BEV (900
+    queries x 4 points, ratio 0.09) is the one config shape below it (benchmarks/RESULTS.md). A rule on shapes, not
+    a timing, so results do not depend on the machine.
     """
     return "reference" if 2 * num_queries * points_per_query < sum(H * W for H, W in shapes) else "gather"
 
@@ -117,8 +122,7 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_star
         _, Nq, _, L, P, _ = sampling_locations.shape
         impl = choose_impl(shapes, Nq, L * P)
     if impl == "reference":
-        return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations,
-                                        attention_weights)
+        return _reference(value, shapes, sampling_locations, attention_weights)
     if value.dtype in (torch.float16, torch.bfloat16):
         # Computed in float32: bf16 is slower on CPU (benchmarks/RESULTS.md), and half-precision atlas coordinates
         # cannot address a big atlas exactly.
