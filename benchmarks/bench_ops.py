@@ -1,19 +1,23 @@
 """Benchmark the pure-PyTorch ops against their straightforward references, side by side in one run.
 
     python benchmarks/bench_ops.py [--ops msda,bev_pool,voxelize,boxes] [--repeats 5] [--threads 2] [--quick]
-                                   [--clock wall|cpu] [--shape TEXT] [--no-memory] [--compile]
+                                   [--clock wall|cpu] [--shape TEXT] [--no-memory] [--compile] [--mmcv-grid]
+                                   [--msda-chunks 16,18,20] [--msda-sweep]
 
 Prints one Markdown table: op, shape, impl, forward ms, forward+backward ms, peak MB, speed-up vs the reference,
-max |error| vs a float64 reference. How it measures:
+max |error| vs a float64 reference, and (MSDA) the gradients' errors. How it measures:
 - Times: every implementation of a case is run on the same float32 inputs, interleaved (ref, impl1, impl2, ref, ...)
   ``--repeats`` times after one warm-up; the table shows the minimum and the median wall time (or, with
   ``--clock cpu``, the process's CPU time, which a busy machine disturbs far less at one thread). Forward runs under
   ``torch.no_grad``; forward+backward is one forward with autograd plus ``backward`` of a fixed random cotangent.
+- Speed-up: the median over the repeats of reference time / implementation time, each ratio taken within one
+  repeat (the two ran seconds apart), so load that comes and goes on a shared machine cancels out of most ratios.
 - Peak memory: each (case, impl) runs once more in a fresh subprocess: build the inputs, warm up, reset the peak
   resident set size (``/proc/self/clear_refs``), run forward+backward (forward only for non-differentiable ops),
   report ``VmHWM - RSS before`` (the same quantity as ``getrusage`` ru_maxrss, but measured from the reset).
 - Errors: float32 output vs the float64 output of the reference implementation on the same inputs; for the
-  discrete ops (voxelize, NMS) 0 means "identical to the reference's output" and inf "different".
+  discrete ops (voxelize, NMS) 0 means "identical to the reference's output" and inf "different". Gradient errors
+  (MSDA): relative L2 error of each input's gradient vs the float64 reference's (see ops_cases._msda_grad_err).
 - A reference that is a Python loop (voxelize) is timed once and not memory-profiled.
 """
 
@@ -43,6 +47,7 @@ class Row:
     fwdbwd: list[float] = field(default_factory=list)
     peak_mb: float | None = None
     err: float | None = None
+    grad_err: str | None = None
 
 
 def _run(case: Case, state: dict, impl: str, backward: bool) -> torch.Tensor:
@@ -77,6 +82,9 @@ def measure(case: Case, repeats: int, clock=time.perf_counter) -> list[Row]:
     if case.error is not None:
         for name in case.impls:
             rows[name].err = case.error(state, outs[name], outs[case.reference])
+    if case.grad_error is not None:
+        for name in case.impls:
+            rows[name].grad_err = case.grad_error(state, case.impls[name])
     return list(rows.values())
 
 
@@ -125,24 +133,32 @@ def _fmt_ms(v: list[float]) -> str:
     return f"{min(v):.1f} / {statistics.median(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
 
 
+def paired_speedup(ref: list[float], impl: list[float]) -> float:
+    """Median of reference / implementation over the repeats, pairing the runs of one repeat (a reference timed once,
+    a Python loop, is paired with every repeat)."""
+    ref = ref * len(impl) if len(ref) == 1 else ref
+    return statistics.median(a / b for a, b in zip(ref, impl))
+
+
 def table(rows: list[Row], references: dict[tuple[str, str], str], clock: str) -> str:
     out = [f"| op | shape | impl | fwd ms {clock} (min / med) | fwd+bwd ms {clock} (min / med) | peak MB "
-           "| speed-up fwd, fwd+bwd | max abs err vs f64 |", "|---|---|---|---|---|---|---|---|"]
+           "| speed-up fwd, fwd+bwd (median of paired ratios) | max abs err vs f64 "
+           "| grad rel. L2 err vs f64 (value / loc / weights) |", "|---|---|---|---|---|---|---|---|---|"]
     by_key = {(r.op, r.shape, r.impl): r for r in rows}
     for r in rows:
         ref = by_key.get((r.op, r.shape, references.get((r.op, r.shape), "")))
         speed = "-"
         if ref is not None and ref is not r and r.fwd:
-            parts = [f"{min(ref.fwd) / min(r.fwd):.2f}x"]
+            parts = [f"{paired_speedup(ref.fwd, r.fwd):.2f}x"]
             if r.fwdbwd and ref.fwdbwd:
-                parts.append(f"{min(ref.fwdbwd) / min(r.fwdbwd):.2f}x")
+                parts.append(f"{paired_speedup(ref.fwdbwd, r.fwdbwd):.2f}x")
             speed = ", ".join(parts)
         elif ref is r:
             speed = "(reference)"
         peak = f"{r.peak_mb:.0f}" if r.peak_mb is not None else "-"
         err = f"{r.err:.1e}" if r.err is not None and not math.isnan(r.err) else "-"
         out.append(f"| {r.op} | {r.shape} | {r.impl} | {_fmt_ms(r.fwd)} | {_fmt_ms(r.fwdbwd)} | {peak} | {speed} "
-                   f"| {err} |")
+                   f"| {err} | {r.grad_err or '-'} |")
     return "\n".join(out)
 
 
@@ -157,11 +173,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="wall time, or the process's CPU time (all threads; robust to a busy machine with --threads 1)")
     p.add_argument("--shape", default="", help="only the cases whose shape description contains this text")
     p.add_argument("--compile", action="store_true", help="add torch.compile'd MSDA variants (slow to compile)")
+    p.add_argument("--mmcv-grid", action="store_true",
+                   help="add the MSDA reference with mmcv's strided per-level grid (slower at batch 1 only)")
+    p.add_argument("--msda-chunks", default="", metavar="LOG2,...",
+                   help="add the MSDA gather implementation with chunks of 2^LOG2 elements (chunk-size ablation)")
+    p.add_argument("--msda-sweep", action="store_true",
+                   help="MSDA: the points-per-value-position sweep behind impl='auto' instead of the config shapes")
     p.add_argument("--peak", nargs=3, metavar=("OP", "INDEX", "IMPL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.compile:
         os.environ["BEVBRIDGE_BENCH_COMPILE"] = "1"
+    if args.mmcv_grid:
+        os.environ["BEVBRIDGE_BENCH_MMCV_GRID"] = "1"
+    if args.msda_chunks:
+        os.environ["BEVBRIDGE_BENCH_CHUNKS"] = args.msda_chunks
+    if args.msda_sweep:
+        os.environ["BEVBRIDGE_BENCH_MSDA_SWEEP"] = "1"
     if args.peak:
         peak_memory_child(args.peak[0], int(args.peak[1]), args.peak[2], args.quick)
         return 0
@@ -169,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [o for o in ops if o not in CASE_BUILDERS]
     if unknown:
         p.error(f"unknown op(s) {unknown}; choose from {list(CASE_BUILDERS)}")
-    print(f"# bench_ops: torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+    print(f"# bench_ops: torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at start", flush=True)
     rows: list[Row] = []
     references: dict[tuple[str, str], str] = {}

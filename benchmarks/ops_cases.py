@@ -20,7 +20,8 @@ from bevbridge.ops.bev_pool import bev_pool, bev_pool_plan, bev_pool_reference
 from bevbridge.ops.box_coder import CenterPointCoder
 from bevbridge.ops.frustum import depth_bins, feature_pixels, frustum_points
 from bevbridge.ops.iou3d import box_iou_bev
-from bevbridge.ops.msda import ms_deform_attn, ms_deform_attn_reference
+from bevbridge.ops import msda_gather
+from bevbridge.ops.msda import choose_impl, ms_deform_attn, ms_deform_attn_reference
 from bevbridge.ops.nms import circle_nms, nms_rotated, scale_nms
 from bevbridge.ops.voxelize import voxelize
 
@@ -38,6 +39,7 @@ class Case:
     backward: bool = True
     error: Callable[[dict, torch.Tensor, torch.Tensor], float] | None = None  # (state, out, reference's out)
     slow_reference: bool = False  # run the reference once (a Python loop), not --repeats times
+    grad_error: Callable[[dict, Callable[[dict], torch.Tensor]], str] | None = None  # (state, impl) -> text
 
 
 def _max_err(state: dict, out: torch.Tensor, ref_out: torch.Tensor) -> float:
@@ -49,6 +51,31 @@ def _identical(state: dict, out: torch.Tensor, ref_out: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------- MSDA
+def _msda_truth(state: dict) -> None:
+    """The float64 reference output and gradients on exactly the float32 inputs (so the error is the arithmetic's,
+    not the inputs' rounding), one batch element at a time to bound its memory."""
+    value, ss, starts, loc, attn = state["args"]
+    cot = state["cotangent"](None)
+    outs, grads = [], [[], [], []]
+    for b in range(value.shape[0]):
+        leaves = [t[b:b + 1].detach().double().requires_grad_() for t in (value, loc, attn)]
+        out = ms_deform_attn_reference(leaves[0], ss, starts, leaves[1], leaves[2])
+        for acc, g in zip(grads, torch.autograd.grad(out, leaves, cot[b:b + 1].double())):
+            acc.append(g)
+        outs.append(out.detach())
+    state["truth"] = torch.cat(outs)
+    state["truth_grads"] = [torch.cat(g) for g in grads]
+
+
+def _msda_grad_err(state: dict, impl: Callable[[dict], torch.Tensor]) -> str:
+    """Relative L2 error of the value / location / attention-weight gradients vs float64. (Max-abs is meaningless for
+    the location gradient: it jumps at cell borders, and float32 rounding moves a point across one now and then.)"""
+    out = impl(state)
+    grads = torch.autograd.grad(out, state["grad_leaves"], state["cotangent"](out))
+    rel = [((g.double() - t).norm() / t.norm().clamp_min(1e-30)).item() for g, t in zip(grads, state["truth_grads"])]
+    return " / ".join(f"{r:.1e}" for r in rel)
+
+
 def _msda_setup(B, shapes, Nq, h, d, P, layout, truth=True, seed=0):
     g = torch.Generator().manual_seed(seed)
     ss = torch.tensor(shapes)
@@ -65,42 +92,131 @@ def _msda_setup(B, shapes, Nq, h, d, P, layout, truth=True, seed=0):
         dirs = dirs / dirs.abs().max(-1, keepdim=True).values
         off = dirs.view(1, 1, h, 1, 1, 2) * torch.arange(1, P + 1, dtype=torch.float64).view(1, 1, 1, 1, P, 1)
         off = off + torch.randn(B, Nq, h, L, P, 2, generator=g, dtype=torch.float64)
-    else:  # camera queries (spatial cross-attention): reference points anywhere in the image
+    else:  # camera / object queries (cross-attention): reference points anywhere in the map
         ref = torch.rand(B, Nq, 1, 1, 1, 2, generator=g, dtype=torch.float64)
         off = torch.randn(B, Nq, h, L, P, 2, generator=g, dtype=torch.float64) * 2
     loc = ref + off / wh
     attn = torch.randn(B, Nq, h, L * P, generator=g, dtype=torch.float64).softmax(-1).view(B, Nq, h, L, P)
     value = torch.randn(B, int(sizes.sum()), h, d, generator=g, dtype=torch.float64)
     value32, loc32, attn32 = (t.float().requires_grad_() for t in (value, loc, attn))
-    state = {"args": (value32, ss, starts, loc32, attn32), "grad_leaves": [value32, loc32, attn32]}
-    if truth:  # the float64 reference on exactly the float32 inputs: the error is the arithmetic's, not rounding's
-        state["truth"] = ms_deform_attn_reference(*(t.detach().double() if t.is_floating_point() else t
-                                                    for t in state["args"]))
     cot = torch.randn(B, Nq, h * d, generator=g)
-    state["cotangent"] = lambda out: cot
+    state = {"args": (value32, ss, starts, loc32, attn32), "grad_leaves": [value32, loc32, attn32],
+             "cotangent": lambda out: cot}
+    if truth:
+        _msda_truth(state)
     return state
 
 
-def msda_cases(quick: bool) -> list[Case]:
-    specs = [  # name, B, level shapes, Nq, heads, dim/head, points, query layout
-        ("CTAB: 1 lvl 128x128, h8 d16 P4, Nq 16384", 1, [(128, 128)], 16384, 8, 16, 4, "grid"),
-        ("BEVFormer-tiny TSA: 2x 1 lvl 50x50, h8 d32 P4, Nq 2500", 2, [(50, 50)], 2500, 8, 32, 4, "grid"),
-        ("BEVFormer-tiny SCA: 6 cams 1 lvl 15x25, h8 d32 P8, Nq 800", 6, [(15, 25)], 800, 8, 32, 8, "camera"),
-        ("BEVFormer TSA: 2x 1 lvl 200x200, h8 d32 P4, Nq 40000", 2, [(200, 200)], 40000, 8, 32, 4, "grid"),
-        ("BEVFormer SCA: 6 cams 4 lvl 116x200..15x25, h8 d32 P8, Nq 9000", 6,
-         [(116, 200), (58, 100), (29, 50), (15, 25)], 9000, 8, 32, 8, "camera"),
+SCA_BASE = [(116, 200), (58, 100), (29, 50), (15, 25)]  # 928x1600 (900 padded to /32) at strides 8..64
+SCA_V2 = [(80, 200), (40, 100), (20, 50), (10, 25)]  # 640x1600 at strides 8..64
+SCA_SYNTH = [(18, 32), (9, 16), (5, 8), (3, 4)]  # 144x256 at strides 8..64
+
+
+def msda_specs() -> list[tuple]:
+    """name, MSDA batch, level shapes, Nq, heads, dim/head, points, query layout. "Bn" is the training batch; the
+    MSDA batch is what the op sees (x2 for BEVFormer's [previous, current] BEV in TSA, x6 cameras in SCA)."""
+    specs = []
+    for b in (1, 2, 8):  # CTAB: CAMF (RCBEVDet, d=256) and the bridge (d=128) on the 128x128 BEV; train batch 8-16
+        specs.append((f"CTAB CAMF B{b}: 1 lvl 128x128, h8 d32 P8, Nq 16384", b, [(128, 128)], 16384, 8, 32, 8, "grid"))
+        specs.append((f"CTAB bridge B{b}: 1 lvl 128x128, h8 d16 P4, Nq 16384", b, [(128, 128)], 16384, 8, 16, 4,
+                      "grid"))
+    for b in (1, 2):  # configs/ctab/*_synth.yaml: 1.6 m cells (64x64), 4 heads, CAMF dim 128, bridge dim 64
+        specs.append((f"CTAB synth CAMF B{b}: 1 lvl 64x64, h4 d32 P4, Nq 4096", b, [(64, 64)], 4096, 4, 32, 4, "grid"))
+        specs.append((f"CTAB synth bridge B{b}: 1 lvl 64x64, h4 d16 P4, Nq 4096", b, [(64, 64)], 4096, 4, 16, 4,
+                      "grid"))
+    for b in (1, 2):  # BEVFormer-tiny: 50x50 BEV, 450x800 images, one level at stride 32
+        specs += [
+            (f"BEVFormer-tiny TSA B{b} (x2 BEVs): 1 lvl 50x50, h8 d32 P4, Nq 2500", 2 * b, [(50, 50)], 2500, 8, 32, 4,
+             "grid"),
+            (f"BEVFormer-tiny SCA B{b} (x6 cams): 1 lvl 15x25, h8 d32 P8, Nq 2500", 6 * b, [(15, 25)], 2500, 8, 32, 8,
+             "camera"),
+            (f"BEVFormer-tiny decoder B{b}: 1 lvl 50x50, h8 d32 P4, Nq 900", b, [(50, 50)], 900, 8, 32, 4, "camera"),
+        ]
+    specs += [  # BEVFormer base / v2: 200x200 BEV, 4 FPN levels; SCA sees ~9000 of the 40000 queries per camera
+        ("BEVFormer TSA B1 (x2 BEVs): 1 lvl 200x200, h8 d32 P4, Nq 40000", 2, [(200, 200)], 40000, 8, 32, 4, "grid"),
+        ("BEVFormer SCA B1 (x6 cams): 4 lvl 116x200..15x25, h8 d32 P8, Nq 9000", 6, SCA_BASE, 9000, 8, 32, 8, "camera"),
+        ("BEVFormer v2 SCA B1 (x6 cams): 4 lvl 80x200..10x25, h8 d32 P8, Nq 9000", 6, SCA_V2, 9000, 8, 32, 8,
+         "camera"),
+        ("BEVFormer decoder B1: 1 lvl 200x200, h8 d32 P4, Nq 900", 1, [(200, 200)], 900, 8, 32, 4, "camera"),
+        ("BEVFormer v2 decoder B1 (group DETR x11): 1 lvl 200x200, h8 d32 P4, Nq 9900", 1, [(200, 200)], 9900, 8, 32,
+         4, "camera"),
     ]
+    for b in (1, 2):  # synthetic-size BEVFormer: 25x25 BEV, 144x256 images
+        specs += [
+            (f"synth TSA B{b} (x2 BEVs): 1 lvl 25x25, h8 d32 P4, Nq 625", 2 * b, [(25, 25)], 625, 8, 32, 4, "grid"),
+            (f"synth SCA B{b} (x6 cams): 1 lvl 5x8, h8 d32 P8, Nq 625", 6 * b, [(5, 8)], 625, 8, 32, 8, "camera"),
+            (f"synth v2 SCA B{b} (x6 cams): 4 lvl 18x32..3x4, h8 d32 P8, Nq 625", 6 * b, SCA_SYNTH, 625, 8, 32, 8,
+             "camera"),
+            (f"synth decoder B{b}: 1 lvl 25x25, h8 d32 P4, Nq 900", b, [(25, 25)], 900, 8, 32, 4, "camera"),
+        ]
+    return specs
+
+
+def _msda_reference_mmcv_grid(value, spatial_shapes, level_start_index, loc, attn):
+    """``ms_deform_attn_reference`` exactly as mmcv writes it: the per-level grid ``[:, :, :, lvl].transpose(1, 2)
+    .flatten(0, 1)`` is a strided view at batch 1 (a copy from batch 2 on), which grid_sample reads more slowly."""
+    B, _, h, d = value.shape
+    _, Nq, _, L, P, _ = loc.shape
+    shapes = [(int(H), int(W)) for H, W in spatial_shapes.tolist()]
+    grids, samples = 2 * loc - 1, []
+    for lvl, v in enumerate(value.split([H * W for H, W in shapes], dim=1)):
+        img = v.flatten(2).transpose(1, 2).reshape(B * h, d, *shapes[lvl])
+        grid = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
+        samples.append(torch.nn.functional.grid_sample(img, grid, mode="bilinear", padding_mode="zeros",
+                                                       align_corners=False))
+    weights = attn.transpose(1, 2).reshape(B * h, 1, Nq, L * P)
+    out = (torch.stack(samples, dim=-2).flatten(-2) * weights).sum(-1)
+    return out.view(B, h * d, Nq).transpose(1, 2).contiguous()
+
+
+DEFAULT_CHUNK_ELEMENTS = msda_gather.CHUNK_ELEMENTS
+
+
+def _reset_chunks() -> None:
+    msda_gather.CHUNK_ELEMENTS = DEFAULT_CHUNK_ELEMENTS
+
+
+def _gather_with_chunks(state: dict, elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
+    """The gather implementation with ``msda_gather.CHUNK_ELEMENTS = elements``. It stays set after the call, so the
+    backward that the harness runs next uses it too; every gather variant sets its own before its forward."""
+    msda_gather.CHUNK_ELEMENTS = elements
+    return ms_deform_attn(*state["args"], impl="gather")
+
+
+def msda_sweep_specs() -> list[tuple]:
+    """Decoder-like cross-attention (1 level, queries anywhere) across the ratio of sampling points to value
+    positions that ``choose_impl`` thresholds at 1/2: maps 50x50 to 200x200, 100 to 10000 queries, B=1, h8 d32 P4."""
+    sizes = [(200, 900), (200, 2000), (200, 4000), (200, 10000), (100, 300), (100, 900), (100, 2500), (50, 100),
+             (50, 300), (50, 900)]
+    return [(f"sweep: 1 lvl {n}x{n}, h8 d32 P4, Nq {q} ({4 * q / n**2:.2f} points per position)", 1, [(n, n)], q, 8,
+             32, 4, "camera") for n, q in sizes]
+
+
+def msda_cases(quick: bool) -> list[Case]:
+    """Per case: the reference, ``ms_deform_attn`` as users call it (``impl="auto"``, named after the formulation
+    its rule picks there), and the gather formulation on its own where "auto" picks the reference."""
+    specs = msda_sweep_specs() if os.environ.get("BEVBRIDGE_BENCH_MSDA_SWEEP") else msda_specs()
     if quick:
         specs = [("quick: 2 lvl 8x8+4x4, h2 d4 P2, Nq 16", 1, [(8, 8), (4, 4)], 16, 2, 4, 2, "grid")]
-    impls = {
-        "reference": lambda s: ms_deform_attn_reference(*s["args"]),
-        "gather": lambda s: ms_deform_attn(*s["args"], impl="gather"),
-    }
+    extra = {}
     if os.environ.get("BEVBRIDGE_BENCH_COMPILE"):
         compiled_ref = torch.compile(ms_deform_attn_reference, dynamic=False)
-        impls["reference+compile"] = lambda s: compiled_ref(*s["args"])
-    return [Case("msda", name, lambda truth=True, a=a: _msda_setup(*a, truth=truth), impls, "reference",
-                 error=_max_err) for name, *a in specs]
+        extra["reference+compile"] = lambda s: compiled_ref(*s["args"])
+    if os.environ.get("BEVBRIDGE_BENCH_MMCV_GRID"):
+        extra["reference, mmcv's grid strides"] = lambda s: _msda_reference_mmcv_grid(*s["args"])
+    for log2 in filter(None, os.environ.get("BEVBRIDGE_BENCH_CHUNKS", "").split(",")):
+        extra[f"gather, chunks of 2^{log2}"] = lambda s, n=1 << int(log2): _gather_with_chunks(s, n)
+    cases = []
+    for name, *a in specs:
+        _, shapes, Nq, _, _, P, _ = a
+        choice = choose_impl(shapes, Nq, len(shapes) * P)
+        impls = {"reference": lambda s: ms_deform_attn_reference(*s["args"]),
+                 f"auto -> {choice}": lambda s: (_reset_chunks(), ms_deform_attn(*s["args"]))[1]}
+        if choice != "gather" or os.environ.get("BEVBRIDGE_BENCH_MSDA_SWEEP"):
+            impls["gather"] = _gather_with_chunks
+        cases.append(Case("msda", name, lambda truth=True, a=a: _msda_setup(*a, truth=truth), {**impls, **extra},
+                          "reference", error=_max_err, grad_error=_msda_grad_err))
+    return cases
 
 
 # ------------------------------------------------------------------------------------------------------ bev_pool
