@@ -113,3 +113,42 @@ def test_missing_past_frames_fail_with_the_config_key():
     batch = collate([random_sample(dataclasses.replace(needs_of(model), num_past_frames=0), 0, 0)])
     with pytest.raises(ValueError, match="num_past_frames"):
         model(batch)
+
+
+def small_v2(name: str, *overrides: str) -> BEVFormerModel:
+    return build(name, "model.image.backbone=resnet10t", "model.encoder.layers=1", "model.encoder.embed_dims=32",
+                 "model.image.fpn_channels=32", "model.encoder.ffn_channels=64", "model.decoder.ffn_channels=64",
+                 "model.grid.res=6.4", "model.decoder.layers=2", "model.decoder.num_query=12",
+                 "model.image.input_size=[64,112]", *overrides)
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("bevformer_v2_bev_bev_synth", ()),
+    ("bevformer_v2_two_stage_synth", ("model.two_stage.num_proposals=8", "model.two_stage.pre_nms=40")),
+    ("bevformer_v2_pers_bev_synth", ("model.temporal={mode: fusion, num_past_frames: 2, fusion_channels: 16, "
+                                     "fusion_blocks: 2}", "model.perspective.class_agnostic=true")),
+])
+def test_v2_options_train_end_to_end(name, overrides):
+    """Each v2 option in a training step: perspective head (+ its loss terms), two-stage proposal queries before the
+    learned ones of every group, the v2 temporal encoder over past frames, the BEV & BEV control's second head; a
+    finite loss, every trainable parameter reached, and predictions from the first group only."""
+    model = small_v2(name, *overrides).train()
+    batch = collate([random_sample(needs_of(model), 3, i, num_boxes=8) for i in range(2)])
+    out = model(batch)
+    losses = model.loss(out, batch)
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    cfg = model.cfg
+    K = cfg.two_stage.num_proposals if cfg.two_stage else 0
+    assert out["det"]["cls_scores"].shape[2] == cfg.decoder.groups * (K + 12)
+    if cfg.perspective is not None:
+        assert {"pers/cls", "pers/box3d", "pers/conf3d"} <= set(losses) and losses["pers/num_pos"] > 0
+    if cfg.aux_bev_head:
+        assert "aux/cls" in losses and "aux_det" in out
+    model.eval()
+    with torch.no_grad():
+        out = model(batch)
+    assert out["det"]["cls_scores"].shape[2] == K + 12 and "aux_det" not in out
+    assert len(model.predict(out, batch)) == 2

@@ -35,7 +35,11 @@ from bevbridge.models.bevformer.config import BEVFormerConfig
 from bevbridge.models.bevformer.decoder import BEVDecoder
 from bevbridge.models.bevformer.detr_head import DETRHead
 from bevbridge.models.bevformer.encoder import BEVEncoder
+from bevbridge.models.bevformer.perspective_head import PerspectiveHead
+from bevbridge.models.bevformer.perspective_loss import PerspectiveLoss
+from bevbridge.models.bevformer.proposals import ProposalQueries
 from bevbridge.models.bevformer.temporal_align import past_to_current, warp_bev
+from bevbridge.models.bevformer.temporal_encoder import TemporalFusion
 from bevbridge.models.contract import DataNeeds, Prediction
 from bevbridge.models.image.backbone import ImageBackbone
 from bevbridge.models.image.fpn import FPN
@@ -61,8 +65,24 @@ class BEVFormerModel(nn.Module):
                                             size_divisor=im.size_divisor)
         self.image_neck = FPN(self.image_backbone.channels, im.fpn_channels, im.fpn_levels)
         self.encoder = BEVEncoder(self.grid, enc, im.bev_levels, tuple(im.input_size))
+        t = cfg.temporal
+        self.temporal_fusion = None
+        if t is not None and t.mode == "fusion":
+            self.temporal_fusion = TemporalFusion(enc.embed_dims, t.num_past_frames + 1, t.fusion_channels,
+                                                  t.fusion_blocks)
+        self.perspective_head = self.perspective_loss = self.proposals = None
+        if cfg.perspective is not None:
+            self.perspective_head = PerspectiveHead(cfg.perspective, enc.embed_dims, len(DETECTION_CLASSES))
+            self.perspective_loss = PerspectiveLoss(cfg.perspective, DETECTION_CLASSES, tuple(im.input_size))
+            if cfg.two_stage is not None:
+                self.proposals = ProposalQueries(cfg.two_stage, self.grid, enc.z_range, enc.embed_dims)
         self.decoder = BEVDecoder(cfg.decoder, enc.embed_dims)
         self.head = DETRHead(self.grid, enc.z_range, cfg.head, cfg.decoder, enc.embed_dims, len(DETECTION_CLASSES))
+        self.aux_decoder = self.aux_head = None
+        if cfg.aux_bev_head:  # Table 2's "BEV & BEV" control: a second, independent decoder + head
+            self.aux_decoder = BEVDecoder(cfg.decoder, enc.embed_dims)
+            self.aux_head = DETRHead(self.grid, enc.z_range, cfg.head, cfg.decoder, enc.embed_dims,
+                                     len(DETECTION_CLASSES))
 
     def data_needs(self) -> DataNeeds:
         return self.cfg.data_needs()
@@ -157,6 +177,24 @@ class BEVFormerModel(nn.Module):
         to_key = past_to_current(p.ego2key[:, 0].double(), batch.bda.double())
         return self._to_seq(warp_bev(self._to_map(prev), to_key, self.grid)), has
 
+    def _fused_history(self, batch: Batch, bev: torch.Tensor) -> torch.Tensor:
+        """v2's temporal encoder: every past frame's BEV (no gradient, its own ego frame) warped into the augmented
+        key frame, concatenated after the key frame's ``bev [B, H*W, C]`` and fused -> ``[B, H*W, C]``. A scene's
+        missing frames are the nearest existing frame repeated by the data layer (``PastFrames.valid``), warped by
+        its own pose, as the public code repeats frames."""
+        T = self.cfg.temporal.num_past_frames
+        p = self._past_frames(batch, T)
+        B, N = batch.images.shape[:2]
+        fold = lambda x: x[:, :T].flatten(0, 1)  # noqa: E731  [B, T, ...] -> [B*T, ...]
+        hw = tuple(batch.images.shape[-2:])
+        with self._history_mode():
+            mask = None if batch.cam_mask is None else batch.cam_mask[:, None].expand(B, T, N).flatten(0, 1)
+            feats = self.image_features(fold(p.images))
+            past = self._encode(feats, fold(p.K), fold(p.sensor2ego), fold(p.ida), None, mask, hw)
+        to_key = past_to_current(p.ego2key[:, :T].double(), batch.bda.double()).flatten(0, 1)
+        past = warp_bev(self._to_map(past), to_key, self.grid).view(B, T, -1, *self.grid.shape).unbind(1)
+        return self.temporal_fusion([self._to_map(bev), *past])
+
     def bev_features(self, batch: Batch, feats: list[torch.Tensor]) -> torch.Tensor:
         """The key frame's BEV ``[B, H*W, C]`` (with its temporal part)."""
         t = self.cfg.temporal
@@ -169,8 +207,9 @@ class BEVFormerModel(nn.Module):
         if tsa:
             history, has = self._tsa_history(batch, can)
         hw = tuple(batch.images.shape[-2:])
-        return self._encode(feats, batch.K, batch.sensor2ego, batch.ida, batch.bda, batch.cam_mask, hw,
-                            None if can is None else can[:, 0], history, has)
+        bev = self._encode(feats, batch.K, batch.sensor2ego, batch.ida, batch.bda, batch.cam_mask, hw,
+                           None if can is None else can[:, 0], history, has)
+        return self._fused_history(batch, bev) if self.temporal_fusion is not None else bev
 
     # --------------------------------------------------------------------------------------------- contract
     def forward(self, batch: Batch) -> dict:
@@ -179,17 +218,42 @@ class BEVFormerModel(nn.Module):
         feats = self.image_features(batch.images)
         bev = self.bev_features(batch, feats)
         out: dict = {"bev": self._to_map(bev)}
-        out["det"] = self.head(bev, self.decoder)
+        proposals = None
+        if self.perspective_head is not None:
+            n = len(self.cfg.perspective.strides)
+            out["pers"] = self.perspective_head([f.flatten(0, 1) for f in feats[:n]])
+            if self.proposals is not None:
+                proposals = self.proposals(out["pers"], self.perspective_loss, batch.K, batch.sensor2ego, batch.ida,
+                                           batch.bda, batch.cam_mask)
+                out["proposals"] = {k: proposals[k] for k in ("boxes", "scores", "reference")}
+        out["det"] = self.head(bev, self.decoder, proposals)
+        if self.aux_head is not None and self.training:
+            out["aux_det"] = self.aux_head(bev, self.aux_decoder)
         return out
 
     def loss(self, outputs: dict, batch: Batch) -> dict[str, torch.Tensor]:
-        """lambda_bev * L_bev; every term logged (``bev/*``)."""
+        """lambda_bev * L_bev + lambda_pers * L_pers (L_pers: the perspective loss, or the control's second BEV
+        head); every term logged (``bev/*``, ``pers/*``, ``aux/*``)."""
         det = self.head.loss(outputs["det"], batch.gt_boxes, batch.gt_labels)
         l_bev = det["cls"] + det["bbox"]
         terms = {"bev/cls": det["cls"].detach(), "bev/bbox": det["bbox"].detach(),
                  "bev/cls_last": det["cls_last"], "bev/bbox_last": det["bbox_last"]}
         total = self.cfg.lambda_bev * l_bev
-        return {"loss": total, "loss_bev": l_bev.detach(), **terms}
+        out = {"loss_bev": l_bev.detach()}
+        if "pers" in outputs:
+            pers = self.perspective_loss(outputs["pers"], batch.gt_boxes, batch.gt_labels, batch.K,
+                                         batch.sensor2ego, batch.ida, batch.bda, batch.cam_mask)
+            l_pers = sum(v for k, v in pers.items() if k != "num_pos")
+            terms.update({f"pers/{k}": v.detach() for k, v in pers.items()})
+            total = total + self.cfg.lambda_pers * l_pers
+            out["loss_pers"] = l_pers.detach()
+        if "aux_det" in outputs:
+            aux = self.aux_head.loss(outputs["aux_det"], batch.gt_boxes, batch.gt_labels)
+            l_aux = aux["cls"] + aux["bbox"]
+            terms.update({"aux/cls": aux["cls"].detach(), "aux/bbox": aux["bbox"].detach()})
+            total = total + self.cfg.lambda_pers * l_aux
+            out["loss_aux_bev"] = l_aux.detach()
+        return {"loss": total, **out, **terms}
 
     def match(self, outputs: dict, batch: Batch, layer: int = -1) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Hungarian assignment of the decoder's (first-group) object queries to the batch's GT boxes, per sample
