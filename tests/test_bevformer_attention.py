@@ -138,6 +138,7 @@ def test_sca_equals_a_per_query_loop_in_float64():
     hit = torch.rand(B, N, Q, D) > 0.5
     hit[0, :, 0] = False  # a query no camera sees
     query, pos = torch.randn(B, Q, C, dtype=torch.float64), torch.randn(B, Q, C, dtype=torch.float64)
+    sca.requires_grad_(False)  # the loop below reads the module's weights as plain numbers
     out = sca(query, value, shapes, starts, uv, hit, pos)
 
     d = sca.deformable_attention
@@ -180,6 +181,7 @@ def test_tsa_equals_a_per_query_loop_in_float64():
     query, pos = torch.randn(B, Q, C, dtype=torch.float64), torch.randn(B, Q, C, dtype=torch.float64)
     hist, bev_q = torch.randn(B, Q, C, dtype=torch.float64), torch.randn(B, Q, C, dtype=torch.float64)
     has = torch.tensor([True, False])
+    tsa.requires_grad_(False)
     out = tsa(query, hist, has, pos, bev_q)
     expect = torch.zeros_like(out)
     for b in range(B):

@@ -229,7 +229,8 @@ def test_proposals_keep_one_box_per_object_across_cameras_and_fill_every_slot():
 def test_temporal_fusion_shapes_and_parameters():
     """v2's t8 fusion at C = 256: 8 x 256 -> 512 through three basic blocks (first with a 3x3 conv + BN shortcut),
     Linear + LayerNorm -> 256: 30,806,784 + 131,840 parameters; output [B, H*W, 256]."""
-    m = TemporalFusion(256, 8, 512, 3)
+    with torch.device("meta"):
+        m = TemporalFusion(256, 8, 512, 3)
     assert sum(p.numel() for p in m.layers.parameters()) == 2 * (2048 * 512 * 9 + 1024) + 512 * 512 * 9 + 1024 \
         + 2 * (2 * 512 * 512 * 9 + 2 * 1024)
     assert sum(p.numel() for p in m.layer_norm.parameters()) == 512 * 256 + 256 + 512

@@ -44,6 +44,8 @@ class BEVQueries(nn.Module):
         self.positional_encoding = LearnedPositionalEncoding(embed_dims // 2, H, W)
 
     def forward(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        q = self.bev_embedding.weight[None].expand(batch_size, -1, -1)
+        # a copy, not a view: a view of a parameter made under no_grad claims requires_grad without a grad_fn,
+        # which breaks module hooks that look at outputs (torch's FlopCounterMode in ``bevbridge summary``)
+        q = self.bev_embedding.weight.unsqueeze(0).repeat(batch_size, 1, 1)
         pos = self.positional_encoding()[None].expand(batch_size, -1, -1)
         return q, pos

@@ -108,7 +108,7 @@ class DETRHead(nn.Module):
         """
         B = bev.shape[0]
         G = self.groups if self.training else 1
-        emb = self.query_embedding.weight[: G * self.num_query]
+        emb = self.query_embedding.weight[: G * self.num_query].clone()  # not a view of the parameter (see BEVQueries)
         pos, content = emb.split(self.C, -1)
         ref = self.reference_points(pos).sigmoid()
         pos, content, ref = (t.view(1, G, self.num_query, -1).expand(B, -1, -1, -1) for t in (pos, content, ref))
