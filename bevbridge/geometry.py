@@ -165,6 +165,14 @@ class BEVGrid:
         out[..., 1] = (xy[..., 1] - self.ymin) / (self.ymax - self.ymin)
         return out
 
+    def unit_to_xy(self, unit: Array) -> Array:
+        """``[..., 2]`` normalised (x, y) in [0, 1] -> metres: the inverse of :meth:`xy_to_unit` (DETR box centres
+        regressed in [0, 1] over the grid's extent, BEVFormer's reference points)."""
+        out = unit[..., :2] * 0
+        out[..., 0] = unit[..., 0] * (self.xmax - self.xmin) + self.xmin
+        out[..., 1] = unit[..., 1] * (self.ymax - self.ymin) + self.ymin
+        return out
+
     def sample(self, feat: torch.Tensor, xy: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
         """Sample ``feat [B, C, H, W]`` (on this grid) at metres ``xy [B, N, 2]`` -> ``[B, C, N]``; zeros outside."""
         if feat.shape[-2:] != self.shape:
@@ -346,10 +354,11 @@ def transform_boxes(T: Array, boxes: Array) -> Array:
     the length of the transformed l, w and z axes (identity for rigid transforms); velocity (vx, vy) is a vector and
     gets the linear part. A box is symmetric, so under a reflection the same solid keeps l along its heading.
     Assumes T does not tilt the z axis (true for every ego/global pose in nuScenes to within the box's own yaw).
+    A batch of transforms ``T [M, 4, 4]`` applies to ``boxes [M, n, 7 or 9]`` (one transform per row of boxes).
     """
     lib = np if isinstance(boxes, np.ndarray) else torch
     out = boxes.copy() if lib is np else boxes.clone()
-    A = T[:3, :3]
+    A = T[:3, :3] if T.ndim == 2 else T[..., None, :3, :3]
     out[..., :3] = transform_points(T, boxes[..., :3])
     c, s = lib.cos(boxes[..., 6]), lib.sin(boxes[..., 6])
     z = c * 0
@@ -362,7 +371,7 @@ def transform_boxes(T: Array, boxes: Array) -> Array:
         out[..., col] = boxes[..., col] * lib.sqrt((v * v).sum(-1))
     if boxes.shape[-1] >= 9:
         vel = boxes[..., 7:9]
-        out[..., 7:9] = (A[:2, :2] @ vel[..., None])[..., 0]
+        out[..., 7:9] = (A[..., :2, :2] @ vel[..., None])[..., 0]
     return out
 
 

@@ -66,6 +66,24 @@ def test_sample_shapes_and_dtypes(synth_world):
     assert s.past.valid[0] and not torch.allclose(s.past.ego2key[0], torch.eye(4), atol=1e-3)  # the ego moved
 
 
+def test_past_frame_timestamps_are_the_previous_keyframes(synth_world):
+    """Past frames carry their own LIDAR_TOP timestamps (BEVFormer's ego velocity by finite differences): a bug that
+    stamped every frame with the key time, or mixed up the order (most recent first), fails here; so does a speed
+    from ego2key / dt outside the synthetic ego's 5-10 m/s."""
+    ds = make(synth_world, num_past_frames=2)
+    s = ds[2]  # the third keyframe of the first scene: both past frames exist
+    assert s.past.valid.all() and s.past.timestamps.dtype == torch.int64
+    assert s.past.timestamps.tolist() == [ds.samples[1]["lidar"]["timestamp"], ds.samples[0]["lidar"]["timestamp"]]
+    assert s.timestamp > s.past.timestamps[0] > s.past.timestamps[1]
+    dt = (s.timestamp - int(s.past.timestamps[0])) * 1e-6
+    speed = float(s.past.ego2key[0, :2, 3].norm()) / dt
+    assert 4.0 < speed < 11.0
+    first = ds[0]  # no earlier frame: the key frame is repeated with its own timestamp
+    assert not first.past.valid.any() and first.past.timestamps.tolist() == [first.timestamp] * 2
+    b = collate([ds[1], ds[2]])
+    assert b.past.timestamps.shape == (2, 2)
+
+
 @pytest.mark.parametrize("masks", ["warp", "redraw"])
 def test_vehicle_mask_covers_every_vehicle_box_centre(synth_world, masks):
     ds = make(synth_world, map_grid=MAP_GRID, map_classes=CTAB_MAP_CLASSES, bev_aug=BEVAug(masks=masks), train=True)
@@ -329,7 +347,7 @@ def test_every_modality_through_a_two_worker_loader_and_batch_to(synth_world):
     tensors = [moved.images, moved.K, moved.sensor2ego, moved.ida, moved.cam_mask, moved.radar, moved.radar_mask,
                moved.lidar, moved.lidar_mask, moved.bda, moved.ego2global, moved.timestamps, moved.gt_masks,
                *moved.gt_boxes, *moved.gt_labels, *moved.gt_attrs, *moved.gt_num_pts,
-               *(getattr(moved.past, f) for f in ("images", "K", "sensor2ego", "ida", "ego2key", "valid"))]
+               *(getattr(moved.past, f) for f in ("images", "K", "sensor2ego", "ida", "ego2key", "valid", "timestamps"))]
     assert all(t.device.type == "meta" for t in tensors)
     assert b.images.device.type == "cpu"  # .to() returns a copy
 

@@ -231,6 +231,8 @@ def test_grid_sample_coordinates_hit_cells_exactly():
     assert torch.equal(vals, feat[0, 0, iy, ix])  # row index = y, column = x
     unit = g.xy_to_unit(xy)
     assert torch.allclose(unit, torch.stack([(ix + 0.5) / 8, (iy + 0.5) / 4], -1).double()[None])
+    # unit_to_xy inverts it (a swapped extent on the non-square grid would map y onto the x range)
+    assert torch.allclose(g.unit_to_xy(unit), xy) and np.allclose(g.unit_to_xy(np.array([[0.0, 1.0]])), [[-4, 2]])
 
 
 def test_resample_identity_window_and_upsample():

@@ -54,7 +54,9 @@ class PastFrames:
 
     Sample shapes: images uint8 [T, N, 3, H, W]; K, ida [T, N, 3, 3]; sensor2ego [T, N, 4, 4] (camera -> THAT
     frame's ego); ego2key [T, 4, 4] (that frame's ego -> key ego, before bda); valid bool [T] (False where the
-    scene had no earlier frame and the nearest available one was repeated). Batch shapes add a leading B.
+    scene had no earlier frame and the nearest available one was repeated); timestamps int64 [T] (microseconds,
+    LIDAR_TOP of that frame; a repeated frame repeats its timestamp), e.g. for ego velocities by finite differences.
+    Batch shapes add a leading B. ``timestamps`` may be None (hand-built frames); collate keeps it None then.
     """
 
     images: torch.Tensor
@@ -63,6 +65,7 @@ class PastFrames:
     ida: torch.Tensor
     ego2key: torch.Tensor
     valid: torch.Tensor
+    timestamps: torch.Tensor | None = None
 
 
 @dataclass
@@ -187,7 +190,7 @@ def collate(samples: Sequence[Sample]) -> Batch:
             raise ValueError("collate: samples disagree on cam_names, radar_features or mask_classes")
     past = None
     if _all_or_none([s.past for s in samples], "past"):
-        past = PastFrames(**{f.name: torch.stack([getattr(s.past, f.name) for s in samples])
+        past = PastFrames(**{f.name: _stack_optional([getattr(s.past, f.name) for s in samples], f"past.{f.name}")
                              for f in dataclasses.fields(PastFrames)})
     radar, radar_mask = _pad_optional([s.radar for s in samples], "radar")
     lidar, lidar_mask = _pad_optional([s.lidar for s in samples], "lidar")

@@ -301,7 +301,7 @@ class NuScenesDataset(Dataset):
             valid.append(prev is not None)
             cur = prev if prev is not None else cur
             frames.append(cur)
-        imgs, Ks, s2e, ida, e2k = [], [], [], [], []
+        imgs, Ks, s2e, ida, e2k, stamps = [], [], [], [], [], []
         for f in frames:
             f_ego2global = np.asarray(f["lidar"]["ego2global"], np.float64)
             cams = self._cameras(f, invert_transform(f_ego2global), None, ida_override=idas)
@@ -310,8 +310,10 @@ class NuScenesDataset(Dataset):
             s2e.append(cams["sensor2ego"])
             ida.append(cams["ida_t"])
             e2k.append(torch.tensor(global2key @ f_ego2global, dtype=torch.float32))
+            stamps.append(int(f["lidar"]["timestamp"]))
         return PastFrames(images=torch.stack(imgs), K=torch.stack(Ks), sensor2ego=torch.stack(s2e),
-                          ida=torch.stack(ida), ego2key=torch.stack(e2k), valid=torch.tensor(valid))
+                          ida=torch.stack(ida), ego2key=torch.stack(e2k), valid=torch.tensor(valid),
+                          timestamps=torch.tensor(stamps, dtype=torch.int64))
 
     def _map_targets(self, info: dict, ego2global: np.ndarray, bda: np.ndarray, boxes_aug: np.ndarray) -> np.ndarray:
         grid = self.map_grid

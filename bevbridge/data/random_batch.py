@@ -53,7 +53,8 @@ def random_sample(needs, seed: int = 0, index: int = 0, num_boxes: int = 6, num_
                 K=K.expand(T, -1, -1, -1).clone(), sensor2ego=s2e.expand(T, -1, -1, -1).clone(),
                 ida=ida.expand(T, -1, -1, -1).clone(),
                 ego2key=torch.stack([_ego_motion(t + 1, rng) for t in range(T)]),
-                valid=torch.ones(T, dtype=torch.bool))
+                valid=torch.ones(T, dtype=torch.bool),
+                timestamps=torch.tensor([(index - t - 1) * 500_000 for t in range(T)], dtype=torch.int64))
     xmin, ymin, xmax, ymax = needs.box_range or (-50.0, -50.0, 50.0, 50.0)
     if needs.radar != "no":
         F = len(needs.radar_features)

@@ -8,12 +8,15 @@ from torchvision.ops import sigmoid_focal_loss as _tv_sigmoid_focal_loss
 __all__ = ["sigmoid_focal_loss", "gaussian_focal_loss"]
 
 
-def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 3.0) -> torch.Tensor:
-    """Mean binary focal loss over every element (Lin et al.); ``logits``, ``target`` [...] with target in {0, 1}.
+def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 3.0,
+                       reduction: str = "mean") -> torch.Tensor:
+    """Binary focal loss (Lin et al.) over every element; ``logits``, ``target`` [...] with target in {0, 1} (soft
+    targets allowed). ``reduction``: "mean" (default), "sum" or "none".
 
-    CTAB's segmentation uses alpha 0.25, gamma 3 (Sec. III-E, following BEVCar). torchvision's implementation.
+    CTAB's segmentation uses alpha 0.25, gamma 3 (Sec. III-E, following BEVCar); the DETR heads (BEVFormer) use
+    alpha 0.25, gamma 2, summed and divided by the number of matched queries. torchvision's implementation.
     """
-    return _tv_sigmoid_focal_loss(logits, target.to(logits.dtype), alpha=alpha, gamma=gamma, reduction="mean")
+    return _tv_sigmoid_focal_loss(logits, target.to(logits.dtype), alpha=alpha, gamma=gamma, reduction=reduction)
 
 
 def gaussian_focal_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, gamma: float = 4.0,

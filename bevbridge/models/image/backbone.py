@@ -27,10 +27,17 @@ class ImageBackbone(nn.Module):
         out_indices: timm feature indices to return.
         pretrained_path: optional local checkpoint (timm/torchvision state dict, .pth or .safetensors).
         frozen: freeze all weights and keep BatchNorm in eval mode (RCBEVDet trains with ``freeze_img=True``).
+        frozen_stages: mmdet's ``frozen_stages``: -1 trains everything; k >= 0 freezes the stem and the first k
+            stages (eval mode, no gradient). Stages are timm's feature stages (ResNet: k=1 is conv1/bn1 + layer1).
+        norm_eval: every BatchNorm stays in eval mode and is not trained (mmdet's ``norm_cfg.requires_grad=False``
+            with ``norm_eval=True``, BEVFormer's image backbones).
+        size_divisor: pad the normalised images with zeros at the bottom/right to a multiple of this (mmdet's
+            ``PadMultiViewImage(size_divisor=32)`` pads after normalisation, so the padding is 0); 1 = no padding.
     """
 
     def __init__(self, name: str = "resnet50", out_indices: tuple[int, ...] = (3, 4),
-                 pretrained_path: str | None = None, frozen: bool = False, **timm_kwargs):
+                 pretrained_path: str | None = None, frozen: bool = False, *, frozen_stages: int = -1,
+                 norm_eval: bool = False, size_divisor: int = 1, **timm_kwargs):
         super().__init__()
         if on_meta_device():
             pretrained_path = None  # a weightless build (bevbridge summary): nothing to load
@@ -48,16 +55,45 @@ class ImageBackbone(nn.Module):
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1) * 255,
                              persistent=False)
         self.frozen = frozen
+        self.norm_eval = norm_eval
+        self.size_divisor = max(1, size_divisor)
         if frozen:
             self.net.requires_grad_(False)
+        self._frozen_children = self._stem_and_stages(frozen_stages)
+        for name in self._frozen_children:
+            getattr(self.net, name).requires_grad_(False)
+        if norm_eval:
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.requires_grad_(False)
+
+    def _stem_and_stages(self, k: int) -> list[str]:
+        """Top-level children of the timm net that ``frozen_stages=k`` freezes: all before stage k + 1."""
+        if k < 0:
+            return []
+        children = [n for n, _ in self.net.named_children()]
+        stop = next((i["module"] for i in self.net.feature_info.info if i["reduction"] == 2 ** (k + 2)), None)
+        if stop is None:  # k covers every stage
+            return children
+        top = stop.split(".")[0]
+        return children[: children.index(top)] if top in children else []
 
     def train(self, mode: bool = True) -> ImageBackbone:
         super().train(mode)
         if self.frozen:
             self.net.eval()
+        for name in self._frozen_children:
+            getattr(self.net, name).eval()
+        if self.norm_eval:
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = images.flatten(0, 1).float()
         x = (x - self.mean) / self.std
+        d = self.size_divisor
+        if d > 1 and (x.shape[-2] % d or x.shape[-1] % d):
+            x = nn.functional.pad(x, (0, -x.shape[-1] % d, 0, -x.shape[-2] % d))
         return self.net(x)
