@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bevbridge.models.bevfusion.config import BEVFusionConfig
 from bevbridge.models.config_common import ModelConfig
 from bevbridge.models.ctab.config import CTABConfig
 
 # The model section: one schema per method, chosen by `model.kind` (each lives beside its method). Adding a method
 # adds its schema here; this union is the only list of kinds, and engine/build.py the only place that builds them.
-ModelSection = CTABConfig
+ModelSection = CTABConfig | BEVFusionConfig
 
 __all__ = [
     "ImageAugConfig", "BEVAugConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "EvalConfig", "ModelConfig", "ModelSection", "ExperimentConfig",

@@ -56,6 +56,10 @@ def build_model(cfg: ExperimentConfig, *, init: bool = True) -> nn.Module:
         from bevbridge.models.ctab.model import CTABModel
 
         model: nn.Module = CTABModel(m)
+    elif m.kind == "bevfusion":
+        from bevbridge.models.bevfusion.model import BEVFusionSeg
+
+        model = BEVFusionSeg(m)
     else:  # pragma: no cover - the schema union admits only the kinds above
         raise BuildError(f"model.kind {m.kind!r} is not known to bevbridge/engine/build.py")
     if init:

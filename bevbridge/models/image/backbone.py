@@ -27,6 +27,10 @@ class ImageBackbone(nn.Module):
         out_indices: timm feature indices to return.
         pretrained_path: optional local checkpoint (timm/torchvision state dict, .pth or .safetensors).
         frozen: freeze all weights and keep BatchNorm in eval mode (RCBEVDet trains with ``freeze_img=True``).
+        timm_kwargs: passed to ``timm.create_model`` (e.g. ``img_size=(256, 704)`` for a Swin Transformer, whose
+            window partition is built for one input size).
+
+    Backbones whose features timm returns channel-last (Swin: ``output_fmt`` NHWC) are permuted to ``[B, C, H, W]``.
     """
 
     def __init__(self, name: str = "resnet50", out_indices: tuple[int, ...] = (3, 4),
@@ -47,6 +51,7 @@ class ImageBackbone(nn.Module):
                              persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1) * 255,
                              persistent=False)
+        self.channels_last_out = str(getattr(self.net, "output_fmt", "NCHW")).upper().endswith("NHWC")
         self.frozen = frozen
         if frozen:
             self.net.requires_grad_(False)
@@ -60,4 +65,7 @@ class ImageBackbone(nn.Module):
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = images.flatten(0, 1).float()
         x = (x - self.mean) / self.std
-        return self.net(x)
+        feats = self.net(x)
+        if self.channels_last_out:
+            feats = [f.permute(0, 3, 1, 2).contiguous() for f in feats]
+        return feats
