@@ -98,6 +98,11 @@ def summarize(cfg: ExperimentConfig, device: str = "auto", flops: bool = True, c
         "frozen_modules": sorted(n for n in frozen_modules(model) if n),
         "data_needs": model.data_needs().describe(),
     }
+    attr = getattr(model, "deployable_attr", None)
+    if attr:  # a training recipe: what is deployed (its eval-mode forward, counted below, runs that model alone)
+        dep = getattr(model, attr)
+        report["deployable"] = {"attr": attr, "kind": getattr(dep, "kind", None),
+                                "parameters": sum(p.numel() for p in dep.parameters())}
     if flops:
         report["flops"] = _flops(model, cfg, dev)
     return report
@@ -130,6 +135,10 @@ def format_summary(report: dict) -> str:
         else:
             lines.append(f"FLOPs of one forward pass, batch 1: {f['gflops']:.3f} G (2 per multiply-add) on "
                          f"{f['input']}")
+    if report.get("deployable"):
+        d = report["deployable"]
+        lines.append(f"deployable model: {d['attr']} (model.kind {d['kind']}), {d['parameters']:,} parameters "
+                     f"({d['parameters'] / 1e6:.2f}M)")
     if report.get("frozen_modules"):
         lines.append(f"frozen: {', '.join(report['frozen_modules'])}")
     return "\n".join(lines)
