@@ -12,10 +12,11 @@ from typing import Literal
 from bevbridge.models.bevfusion.config import BEVFusionConfig
 from bevbridge.models.config_common import ModelConfig
 from bevbridge.models.ctab.config import CTABConfig
+from bevbridge.recipes.bridgeta.config import BridgeTAConfig
 
 # The model section: one schema per method, chosen by `model.kind` (each lives beside its method). Adding a method
 # adds its schema here; this union is the only list of kinds, and engine/build.py the only place that builds them.
-ModelSection = CTABConfig | BEVFusionConfig
+ModelSection = CTABConfig | BEVFusionConfig | BridgeTAConfig
 
 __all__ = [
     "ImageAugConfig", "BEVAugConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "EvalConfig", "ModelConfig", "ModelSection", "ExperimentConfig",

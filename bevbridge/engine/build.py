@@ -61,6 +61,10 @@ def build_model(cfg: ExperimentConfig, *, init: bool = True) -> nn.Module:
         from bevbridge.models.bevfusion.model import BEVFusionSeg
 
         model = BEVFusionSeg(m)
+    elif m.kind == "bridgeta":
+        from bevbridge.recipes.bridgeta.recipe import BridgeTA
+
+        model = BridgeTA(m)
     else:  # pragma: no cover - the schema union admits only the kinds above
         raise BuildError(f"model.kind {m.kind!r} is not known to bevbridge/engine/build.py")
     if init:

@@ -34,7 +34,22 @@ from bevbridge.models.image.backbone import ImageBackbone
 from bevbridge.models.image.neck import GeneralizedLSSFPN
 from bevbridge.models.lift.lss import LSSViewTransform
 
-__all__ = ["BEVFusionSeg"]
+__all__ = ["BEVFusionSeg", "build_decoder", "build_head"]
+
+
+def build_decoder(cfg: BEVFusionConfig) -> BEVDecoder:
+    """The BEV decoder of ``cfg`` (reading F_cam or F_fus); BridgeTA's assistant builds its decoder with it too."""
+    d = cfg.decoder
+    return BEVDecoder(cfg.decoder_in_channels(), type=d.type, channels=tuple(d.channels), blocks=tuple(d.blocks),
+                      strides=tuple(d.strides), out_channels=tuple(d.out_channels),
+                      upsample_strides=tuple(d.upsample_strides))
+
+
+def build_head(cfg: BEVFusionConfig, in_channels: int) -> BEVSegHead:
+    """The segmentation head of ``cfg`` on ``in_channels`` decoded channels."""
+    h = cfg.head
+    return BEVSegHead(in_channels, tuple(h.classes), cfg.grid.to_grid(), h.grid.to_grid(),
+                      focal_alpha=h.focal_alpha, focal_gamma=h.focal_gamma)
 
 
 class BEVFusionSeg(nn.Module):
@@ -67,13 +82,8 @@ class BEVFusionSeg(nn.Module):
                 fpn_channels=tuple(li.fpn_channels))
             self.fuser = ConvFuser(cam.context_channels, self.lidar_branch.out_channels, cfg.fuser.out_channels)
         # decoder + head
-        d = cfg.decoder
-        self.decoder = BEVDecoder(cfg.decoder_in_channels(), type=d.type, channels=tuple(d.channels),
-                                  blocks=tuple(d.blocks), strides=tuple(d.strides), out_channels=tuple(d.out_channels),
-                                  upsample_strides=tuple(d.upsample_strides))
-        h = cfg.head
-        self.head = BEVSegHead(self.decoder.out_channels, tuple(h.classes), self.grid, h.grid.to_grid(),
-                               focal_alpha=h.focal_alpha, focal_gamma=h.focal_gamma)
+        self.decoder = build_decoder(cfg)
+        self.head = build_head(cfg, self.decoder.out_channels)
 
     def data_needs(self) -> DataNeeds:
         return self.cfg.data_needs()
