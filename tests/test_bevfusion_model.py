@@ -263,3 +263,14 @@ def test_lss_depth_bins_and_grids_at_paper_scale():
     assert m.vtransform.grid.shape == (256, 256) and math.isclose(m.vtransform.grid.res, 0.4)
     assert m.vtransform.num_bins == 118 and m.grid.shape == (128, 128)
     assert m.head.target_grid.shape == (200, 200)
+
+
+def test_lidar_bn_momentum_reaches_every_batchnorm_of_the_branch():
+    """lidar.bn_momentum (0.1 in the synthetic teacher: mmdet3d's 0.01 left running statistics so stale after 300
+    steps that the teacher evaluated at half its mIoU) is the momentum of every BatchNorm of the LiDAR branch; the
+    paper-scale teacher keeps 0.01. Catches a BatchNorm the option does not reach."""
+    for name, momentum in (("bevfusion_lc_seg_synth", 0.1), ("bevfusion_lc_seg", 0.01)):
+        with torch.device("meta"):
+            m = BEVFusionSeg(load_config(f"{CFG}/{name}.yaml").model)
+        bns = [mod for mod in m.lidar_branch.modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)]
+        assert len(bns) > 5 and all(bn.momentum == momentum for bn in bns), name

@@ -32,10 +32,10 @@ class PillarFeatureNet(nn.Module):
     the statistics nor the max), ReLU, max over the pillar's points.
     """
 
-    def __init__(self, in_features: int, out_channels: int):
+    def __init__(self, in_features: int, out_channels: int, bn_momentum: float = 0.01):
         super().__init__()
         self.linear = nn.Linear(in_features + 5, out_channels, bias=False)
-        self.norm = nn.BatchNorm1d(out_channels, eps=1e-3, momentum=0.01)
+        self.norm = nn.BatchNorm1d(out_channels, eps=1e-3, momentum=bn_momentum)
         self.out_channels = out_channels
 
     def forward(self, vox: Voxels, grid: BEVGrid) -> torch.Tensor:
@@ -64,20 +64,22 @@ class LidarPillarBranch(nn.Module):
         pfn_channels: PillarFeatureNet output.
         backbone_channels, backbone_layers, backbone_strides: SECOND's stages.
         fpn_channels: SECOND-FPN's output per stage; each stage is brought onto ``grid``.
+        bn_momentum: of every BatchNorm of the branch (mmdet3d's 0.01 by default).
     """
 
     def __init__(self, grid: BEVGrid, *, feature_columns: tuple[int, ...], pillar_size: float = 0.2,
                  z_range: tuple[float, float] = (-5.0, 3.0), max_points_per_pillar: int = 20,
                  max_pillars: int | None = None, pfn_channels: int = 64,
                  backbone_channels: tuple[int, ...] = (64, 128, 256), backbone_layers: tuple[int, ...] = (3, 5, 5),
-                 backbone_strides: tuple[int, ...] = (2, 2, 2), fpn_channels: tuple[int, ...] = (128, 128, 128)):
+                 backbone_strides: tuple[int, ...] = (2, 2, 2), fpn_channels: tuple[int, ...] = (128, 128, 128),
+                 bn_momentum: float = 0.01):
         super().__init__()
         self.grid = grid
         self.pillar_grid = dataclasses.replace(grid, res=pillar_size)
         self.columns = tuple(feature_columns)
         self.z_range, self.max_points, self.max_pillars = tuple(z_range), max_points_per_pillar, max_pillars
-        self.pfn = PillarFeatureNet(len(self.columns), pfn_channels)
-        self.backbone = SECOND(pfn_channels, backbone_channels, backbone_layers, backbone_strides)
+        self.pfn = PillarFeatureNet(len(self.columns), pfn_channels, bn_momentum)
+        self.backbone = SECOND(pfn_channels, backbone_channels, backbone_layers, backbone_strides, bn_momentum)
         # stage i has cells pillar_size * prod(strides[:i+1]); SECOND-FPN's stride brings it to grid.res
         up, stride = [], 1
         for s in backbone_strides:
@@ -88,7 +90,7 @@ class LidarPillarBranch(nn.Module):
                 raise ValueError(f"LiDAR stage with {pillar_size * stride:g} m cells cannot be brought onto the "
                                  f"{grid.res:g} m feature grid by a whole stride")
             up.append(round(r) if r >= 1 else 1 / round(1 / r))
-        self.neck = SECONDFPN(backbone_channels, fpn_channels, tuple(up))
+        self.neck = SECONDFPN(backbone_channels, fpn_channels, tuple(up), bn_momentum)
         self.out_channels = sum(fpn_channels)
 
     def forward(self, points: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -79,7 +79,7 @@ class BEVFusionSeg(nn.Module):
                 pillar_size=li.pillar_size, z_range=tuple(li.z_range), max_points_per_pillar=li.max_points_per_pillar,
                 max_pillars=li.max_pillars, pfn_channels=li.pfn_channels, backbone_channels=tuple(li.backbone_channels),
                 backbone_layers=tuple(li.backbone_layers), backbone_strides=tuple(li.backbone_strides),
-                fpn_channels=tuple(li.fpn_channels))
+                fpn_channels=tuple(li.fpn_channels), bn_momentum=li.bn_momentum)
             self.fuser = ConvFuser(cam.context_channels, self.lidar_branch.out_channels, cfg.fuser.out_channels)
         # decoder + head
         self.decoder = build_decoder(cfg)
