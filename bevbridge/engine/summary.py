@@ -73,9 +73,10 @@ def _flops(model: nn.Module, cfg: ExperimentConfig, device: torch.device) -> dic
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         return {"gflops": None, "input": source, "note": f"not available on {device.type}: {why[:160]}"}
     by_module = {}
+    root = type(model).__name__  # FlopCounterMode names top-level modules "<root class>.<name>" (older: "Global.")
     for name, ops in counter.get_flop_counts().items():
         parts = name.split(".")
-        if len(parts) == 2 and parts[0] == "Global":  # FlopCounterMode names the root module "Global"
+        if len(parts) == 2 and parts[0] in (root, "Global"):
             by_module[parts[1]] = sum(ops.values()) / 1e9
     return {"gflops": counter.get_total_flops() / 1e9, "input": source, "by_module": by_module}
 
