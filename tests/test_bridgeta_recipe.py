@@ -232,8 +232,9 @@ def test_table3_student_cost_unchanged_by_distillation():
     """Table 3: BridgeTA's deployed model has the baseline's parameters and FLOPs. `bevbridge summary` of the recipe
     counts the student alone as its deployable model and its inference FLOPs, equal to the student config's
     (synthetic configs on the CPU; the paper-scale parameter counts on meta)."""
-    base = summarize(load_config(f"{CFG}/bevfusion_cam_seg_synth.yaml"), device="cpu")
-    kd = summarize(load_config(f"{CFG}/bridgeta_synth.yaml"), device="cpu")
+    random_input = ["data.dataroot=/nonexistent"]  # the same random batch for both, no dataset read
+    base = summarize(load_config(f"{CFG}/bevfusion_cam_seg_synth.yaml", random_input), device="cpu")
+    kd = summarize(load_config(f"{CFG}/bridgeta_synth.yaml", random_input), device="cpu")
     n = base["parameters"]["(total)"]["trainable"]
     assert kd["deployable"]["parameters"] == n == kd["parameters"]["student"]["trainable"]
     assert kd["flops"]["gflops"] == base["flops"]["gflops"] > 0
