@@ -110,7 +110,8 @@ def test_dual_path_is_finite_when_a_distance_vanishes(which):
     loss.backward()
     assert torch.isfinite(loss) and EPS_RANGE[0] <= float(eps) <= EPS_RANGE[1]
     assert torch.isfinite(s.grad).all() and torch.isfinite(ta.grad).all()
-    assert math.isclose(float(loss.detach()), float((la.sqrt() + lb.sqrt()).detach() ** 2), rel_tol=1e-5, abs_tol=1e-300)
+    limit = float((la.sqrt() + lb.sqrt()).detach() ** 2)
+    assert math.isclose(float(loss.detach()), limit, rel_tol=1e-5, abs_tol=1e-300)
 
 
 def test_fixed_eps_and_float32():

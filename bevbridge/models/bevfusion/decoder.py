@@ -6,7 +6,8 @@ BEVFusion-C (configs/nuscenes/seg/camera-bev256d2.yaml) at paper scale::
     F_cam [B, 80, 128, 128] --stage 1: 2 BasicBlocks, stride 2--> [B, 160, 64, 64]
                             --stage 2: 2 BasicBlocks, stride 2--> [B, 320, 32, 32]
                             --stage 3: 2 BasicBlocks, stride 1--> [B, 640, 32, 32]
-    LSSFPN: up(stage 3 -> 64x64) ++ stage 1 [B, 800, 64, 64] --1x1 + 3x3 (BN, ReLU)--> 256 --x2 up + 3x3--> [B, 256, 128, 128]
+    LSSFPN: up(stage 3 -> 64x64) ++ stage 1 [B, 800, 64, 64] --1x1 + 3x3 (BN, ReLU)--> 256
+            --x2 up + 3x3--> F_dec [B, 256, 128, 128]
 
 A block whose width or stride changes has mmdet's shortcut: 1x1 conv (stride s, no bias) + BN.
 """
@@ -41,7 +42,8 @@ class GeneralizedResNet(nn.Module):
             short = None
             if s != 1 or cin != cout:
                 short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=s, bias=False), nn.BatchNorm2d(cout))
-            layers = [BasicBlock(cin, cout, stride=s, downsample=short)] + [BasicBlock(cout, cout) for _ in range(n - 1)]
+            layers = [BasicBlock(cin, cout, stride=s, downsample=short)]
+            layers += [BasicBlock(cout, cout) for _ in range(n - 1)]
             stages.append(nn.Sequential(*layers))
             cin = cout
         self.stages = nn.ModuleList(stages)
@@ -95,9 +97,10 @@ class BEVDecoder(nn.Module):
         upsample_strides: SECONDFPN's per stage (second only).
     """
 
-    def __init__(self, in_channels: int, *, type: str = "resnet_fpn", channels: tuple[int, ...] = (160, 320, 640),  # noqa: A002
-                 blocks: tuple[int, ...] = (2, 2, 2), strides: tuple[int, ...] = (2, 2, 1),
-                 out_channels: tuple[int, ...] = (256,), upsample_strides: tuple[float, ...] = ()):
+    def __init__(self, in_channels: int, *, type: str = "resnet_fpn",  # noqa: A002 - the config's key
+                 channels: tuple[int, ...] = (160, 320, 640), blocks: tuple[int, ...] = (2, 2, 2),
+                 strides: tuple[int, ...] = (2, 2, 1), out_channels: tuple[int, ...] = (256,),
+                 upsample_strides: tuple[float, ...] = ()):
         super().__init__()
         if type == "resnet_fpn":
             self.backbone: nn.Module = GeneralizedResNet(in_channels, channels, blocks, strides)

@@ -1,7 +1,8 @@
 """BEVFusion's ``BEVSegmentationHead``: BEVGridTransform onto the target grid, then the classifier; its focal loss.
 
     decoded [B, C, 128, 128] on +-51.2 m at 0.8 m
-      --BEVGrid.resample (bilinear, each target cell takes the value at its centre)--> [B, C, 200, 200] on +-50 m at 0.5 m
+      --BEVGrid.resample (bilinear, each target cell takes the value at its centre)--> [B, C, 200, 200]
+        on +-50 m at 0.5 m
       --conv3x3-BN-ReLU x2 (no bias) + conv1x1 (bias)--> logits [B, N_c, 200, 200]
 
 BEVFusion resamples BEFORE the classifier, so its two 3x3 convolutions run at 200x200 (most of the head's FLOPs).
