@@ -4,6 +4,7 @@ one report (mIoU@max per class, the Fig. 5 teacher-student gaps over training).
     python benchmarks/bridgeta_experiments.py run --seeds 0 1          # trains what is missing (hours on a CPU)
     python benchmarks/bridgeta_experiments.py report --seeds 0 1       # Markdown for benchmarks/RESULTS.md
     python benchmarks/bridgeta_experiments.py bn-check CONFIG RUN      # mIoU with BatchNorm statistics re-estimated
+    python benchmarks/bridgeta_experiments.py lidar-check              # what the synthetic LiDAR carries per class
 
 Not a ``bench_*`` script: ``make bench`` does not run it. Each run is ``bevbridge train configs/bridgeta/<name>.yaml
 train.seed=<s> --out <out>/<name>_s<s>``; the KD runs of seed s distil the teacher trained with seed s (so a seed
@@ -198,16 +199,57 @@ def cmd_bn_check(args) -> None:
     print(f"{src}: mIoU@max with BatchNorm statistics re-estimated {miou():.4f}")
 
 
+def cmd_lidar_check(args) -> None:
+    """Per map class: the intensity of the LiDAR ground returns (z < 0.3 m) falling in its cells, and the share of its
+    0.5 m cells that at least one ground return hits (within 20 m of the ego, and overall), on the training split of
+    the default synthetic world (every 8th sample)."""
+    import numpy as np
+    import torch
+
+    from bevbridge.data.nuscenes import NuScenesDataset
+    from bevbridge.geometry import BEVGrid
+
+    grid = BEVGrid.square(50.0, 0.5)
+    ds = NuScenesDataset("data/synth", "v1.0-mini", "mini_train", cameras=("CAM_FRONT",), image_size=(144, 256),
+                         train=False, lidar_sweeps=1, map_grid=grid, map_classes=CLASSES)
+    radius = np.hypot(*np.moveaxis(grid.cell_centres("cpu", torch.float64).numpy(), -1, 0))
+    inten: dict[str, list] = {c: [] for c in (*CLASSES, "(no class: grass)", "(drivable only: asphalt)")}
+    hit = {c: np.zeros(4) for c in CLASSES}
+    for i in range(0, len(ds), 8):
+        s = ds[i]
+        p, m = s.lidar.numpy(), s.gt_masks.numpy().astype(bool)
+        ix, iy, inside = grid.xy_to_index(p[:, :2])
+        ground = inside & (p[:, 2] < 0.3)
+        ix, iy, value = ix[ground], iy[ground], p[ground, 3]
+        label = m[:, iy, ix]
+        cells = np.zeros(grid.shape, bool)
+        cells[iy, ix] = True
+        for k, c in enumerate(CLASSES):
+            inten[c].append(value[label[k]])
+            near = m[k] & (radius < 20)
+            hit[c] += [(near & cells).sum(), near.sum(), (m[k] & cells).sum(), m[k].sum()]
+        inten["(no class: grass)"].append(value[~label.any(0)])
+        inten["(drivable only: asphalt)"].append(value[label[0] & ~label[1:].any(0)])
+    print("| cells of | ground returns | intensity p10 / p50 / p90 | cells hit within 20 m | cells hit overall |")
+    print("|---|---|---|---|---|")
+    for c, vs in inten.items():
+        v = np.concatenate(vs)
+        q = " / ".join(f"{x:.1f}" for x in np.percentile(v, [10, 50, 90]))
+        h = hit.get(c)
+        cov = f"{h[0] / max(h[1], 1):.2f} | {h[2] / max(h[3], 1):.2f}" if h is not None else "- | -"
+        print(f"| {c} | {len(v)} | {q} | {cov} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("command", choices=["run", "report", "bn-check"])
+    p.add_argument("command", choices=["run", "report", "bn-check", "lidar-check"])
     p.add_argument("config", nargs="?", help="bn-check: the run's config")
     p.add_argument("run", nargs="?", help="bn-check: the run folder")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--only", nargs="*", help="config names to run (default: all)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bridgeta_synth_exp")
     args = p.parse_args()
-    {"run": cmd_run, "report": cmd_report, "bn-check": cmd_bn_check}[args.command](args)
+    {"run": cmd_run, "report": cmd_report, "bn-check": cmd_bn_check, "lidar-check": cmd_lidar_check}[args.command](args)
 
 
 if __name__ == "__main__":
