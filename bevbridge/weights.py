@@ -39,7 +39,7 @@ from bevbridge.atomic import atomic_path
 
 __all__ = ["MODEL_FILE", "EMA_FILE", "DEPLOY_FILE", "DEPLOY_EMA_FILE", "STATE_FILE", "CorruptWeightsError",
            "to_cpu_contiguous", "save_weights", "load_safetensors", "weights_kind", "is_complete_checkpoint",
-           "list_checkpoints", "checkpoint_dir_of", "read_weights", "LoadReport", "load_pretrained"]
+           "list_checkpoints", "checkpoint_dir_of", "read_weights", "LoadReport", "load_pretrained", "rename_prefixes"]
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,12 @@ def _rename(key: str, prefix_map: Mapping[str, str]) -> str:
         if key.startswith(old):
             return prefix_map[old] + key[len(old):]
     return key
+
+
+def rename_prefixes(state: Mapping[str, torch.Tensor], prefix_map: Mapping[str, str] | None
+                    ) -> dict[str, torch.Tensor]:
+    """``state`` with key prefixes renamed (the longest matching prefix of ``prefix_map`` wins)."""
+    return {_rename(k, prefix_map or {}): v for k, v in state.items()}
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike, prefix_map: Mapping[str, str] | None = None,

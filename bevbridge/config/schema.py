@@ -11,12 +11,14 @@ from typing import Literal
 
 from bevbridge.config.checks import check_probability, check_range, check_run_name, check_size
 from bevbridge.models.bevformer.config import BEVFormerConfig
+from bevbridge.models.bevfusion.config import BEVFusionConfig
 from bevbridge.models.config_common import ModelConfig
 from bevbridge.models.ctab.config import CTABConfig
+from bevbridge.recipes.bridgeta.config import BridgeTAConfig
 
 # The model section: one schema per method, chosen by `model.kind` (each lives beside its method). Adding a method
 # adds its schema here; this union is the only list of kinds, and engine/build.py the only place that builds them.
-ModelSection = CTABConfig | BEVFormerConfig
+ModelSection = CTABConfig | BEVFormerConfig | BEVFusionConfig | BridgeTAConfig
 
 __all__ = [
     "ImageAugConfig", "BEVAugConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "EvalConfig", "ModelConfig", "ModelSection", "ExperimentConfig",

@@ -12,6 +12,7 @@ when the config asks for something that does not exist or cannot be found.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from pathlib import Path
@@ -60,6 +61,14 @@ def build_model(cfg: ExperimentConfig, *, init: bool = True) -> nn.Module:
         from bevbridge.models.bevformer.model import BEVFormerModel
 
         model = BEVFormerModel(m)
+    elif m.kind == "bevfusion":
+        from bevbridge.models.bevfusion.model import BEVFusionSeg
+
+        model = BEVFusionSeg(m)
+    elif m.kind == "bridgeta":
+        from bevbridge.recipes.bridgeta.recipe import BridgeTA
+
+        model = BridgeTA(m)
     else:  # pragma: no cover - the schema union admits only the kinds above
         raise BuildError(f"model.kind {m.kind!r} is not known to bevbridge/engine/build.py")
     if init:
@@ -69,23 +78,53 @@ def build_model(cfg: ExperimentConfig, *, init: bool = True) -> nn.Module:
 
 
 def load_init_weights(model: nn.Module, cfg: ExperimentConfig) -> None:
-    """Apply ``model.init_from`` (with ``model.init_prefix_map``) to a freshly built model."""
-    if cfg.model is None:
+    """Apply ``model.init_from`` (with ``model.init_prefix_map``) to a freshly built model, then the ``init_from`` of
+    every nested model section (a recipe's ``model.teacher``, ``model.student``) to the sub-module of the same name.
+
+    The model's own ``init_from`` is pretrained initialisation (missing and unexpected keys are reported, not fatal).
+    A nested section's weights must fit its sub-module exactly (a teacher loaded partly would distil noise): the
+    first differing keys are an error. Finally a model may derive weights from the loaded ones in
+    ``after_init_weights()`` (BridgeTA's assistant starts as a copy of the teacher's fuser, decoder and head).
+    """
+    m = cfg.model
+    if m is None:
         return
-    if cfg.model.init_from is None:
-        note = cfg.model.init_note()
+    from bevbridge.engine.checkpoint import load_model_state
+    from bevbridge.models.config_common import ModelConfig
+    from bevbridge.weights import CorruptWeightsError, load_pretrained, read_weights, rename_prefixes
+
+    if m.init_from is None:
+        note = m.init_note()
         if note:
             log.warning("model.init_from is not set: %s", note)
-        return
-    from bevbridge.weights import CorruptWeightsError, load_pretrained
-
-    try:
-        load_pretrained(model, cfg.model.init_from, cfg.model.init_prefix_map)
-    except CorruptWeightsError as e:
-        raise BuildError(f"model.init_from: {e}; copy or convert the file again, or point model.init_from at "
-                         f"another one", code=1) from None
-    except (FileNotFoundError, ValueError) as e:
-        raise BuildError(f"model.init_from: {e}") from None
+    else:
+        try:
+            load_pretrained(model, m.init_from, m.init_prefix_map)
+        except CorruptWeightsError as e:
+            raise BuildError(f"model.init_from: {e}; copy or convert the file again, or point model.init_from at "
+                             f"another one", code=1) from None
+        except (FileNotFoundError, ValueError) as e:
+            raise BuildError(f"model.init_from: {e}") from None
+    for f in dataclasses.fields(m):
+        sub_cfg = getattr(m, f.name)
+        if not isinstance(sub_cfg, ModelConfig) or sub_cfg.init_from is None:
+            continue
+        key = f"model.{f.name}.init_from"
+        sub = getattr(model, f.name, None)
+        if not isinstance(sub, nn.Module):
+            raise BuildError(f"{key}: the model has no sub-module {f.name!r} to load it into")
+        try:
+            state, source = read_weights(sub_cfg.init_from, kind=getattr(sub, "kind", None))
+            state = rename_prefixes(state, sub_cfg.init_prefix_map)
+            load_model_state(sub, state, source)
+        except CorruptWeightsError as e:
+            raise BuildError(f"{key}: {e}; copy the file again, or point {key} at another one", code=1) from None
+        except (FileNotFoundError, ValueError) as e:
+            raise BuildError(f"{key}: {e}") from None
+        log.info("%s: loaded %s", key, source)
+    hook = getattr(model, "after_init_weights", None)
+    if callable(hook):
+        hook()
 
 
 def apply_freeze(model: nn.Module, names: tuple[str, ...]) -> None:

@@ -73,10 +73,10 @@ def _flops(model: nn.Module, cfg: ExperimentConfig, device: torch.device) -> dic
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         return {"gflops": None, "input": source, "note": f"not available on {device.type}: {why[:160]}"}
     by_module = {}
-    root = type(model).__name__  # FlopCounterMode names sub-modules "<RootClass>.<child>"
+    root = type(model).__name__  # FlopCounterMode names top-level modules "<root class>.<name>" (older: "Global.")
     for name, ops in counter.get_flop_counts().items():
         parts = name.split(".")
-        if len(parts) == 2 and parts[0] == root:
+        if len(parts) == 2 and parts[0] in (root, "Global"):
             by_module[parts[1]] = sum(ops.values()) / 1e9
     return {"gflops": counter.get_total_flops() / 1e9, "input": source, "by_module": by_module}
 
@@ -99,6 +99,11 @@ def summarize(cfg: ExperimentConfig, device: str = "auto", flops: bool = True, c
         "frozen_modules": sorted(n for n in frozen_modules(model) if n),
         "data_needs": model.data_needs().describe(),
     }
+    attr = getattr(model, "deployable_attr", None)
+    if attr:  # a training recipe: what is deployed (its eval-mode forward, counted below, runs that model alone)
+        dep = getattr(model, attr)
+        report["deployable"] = {"attr": attr, "kind": getattr(dep, "kind", None),
+                                "parameters": sum(p.numel() for p in dep.parameters())}
     if flops:
         report["flops"] = _flops(model, cfg, dev)
     return report
@@ -136,6 +141,10 @@ def format_summary(report: dict) -> str:
             if name != "(total)" and row["trainable"] + row["frozen"] > 0):
         lines.append("(a blank GFLOPs entry: that module is called through a method other than forward, so its "
                      "work is counted in the total but not attributed to it)")
+    if report.get("deployable"):
+        d = report["deployable"]
+        lines.append(f"deployable model: {d['attr']} (model.kind {d['kind']}), {d['parameters']:,} parameters "
+                     f"({d['parameters'] / 1e6:.2f}M)")
     if report.get("frozen_modules"):
         lines.append(f"frozen: {', '.join(report['frozen_modules'])}")
     return "\n".join(lines)

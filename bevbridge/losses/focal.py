@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchvision.ops import sigmoid_focal_loss as _tv_sigmoid_focal_loss
 
-__all__ = ["sigmoid_focal_loss", "gaussian_focal_loss"]
+__all__ = ["sigmoid_focal_loss", "sigmoid_focal_loss_per_class", "gaussian_focal_loss"]
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 3.0,
@@ -17,6 +17,15 @@ def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float 
     alpha 0.25, gamma 2, summed and divided by the number of matched queries. torchvision's implementation.
     """
     return _tv_sigmoid_focal_loss(logits, target.to(logits.dtype), alpha=alpha, gamma=gamma, reduction=reduction)
+
+
+def sigmoid_focal_loss_per_class(logits: torch.Tensor, target: torch.Tensor, alpha: float = -1.0,
+                                 gamma: float = 2.0) -> torch.Tensor:
+    """``[C]``: the binary focal loss of each class (dim 1 of ``logits``/``target`` [B, C, ...]), averaged over the
+    class's elements. BEVFusion's segmentation head computes one such term per class (alpha -1 = no class-balance
+    weighting, gamma 2) and its total is their sum."""
+    loss = _tv_sigmoid_focal_loss(logits, target.to(logits.dtype), alpha=alpha, gamma=gamma, reduction="none")
+    return loss.transpose(0, 1).flatten(1).mean(1)
 
 
 def gaussian_focal_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, gamma: float = 4.0,

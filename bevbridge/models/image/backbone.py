@@ -33,6 +33,10 @@ class ImageBackbone(nn.Module):
             with ``norm_eval=True``, BEVFormer's image backbones).
         size_divisor: pad the normalised images with zeros at the bottom/right to a multiple of this (mmdet's
             ``PadMultiViewImage(size_divisor=32)`` pads after normalisation, so the padding is 0); 1 = no padding.
+        timm_kwargs: passed to ``timm.create_model`` (e.g. ``img_size=(256, 704)`` for a Swin Transformer, whose
+            window partition is built for one input size).
+
+    Backbones whose features timm returns channel-last (Swin: ``output_fmt`` NHWC) are permuted to ``[B, C, H, W]``.
     """
 
     def __init__(self, name: str = "resnet50", out_indices: tuple[int, ...] = (3, 4),
@@ -54,6 +58,7 @@ class ImageBackbone(nn.Module):
                              persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1) * 255,
                              persistent=False)
+        self.channels_last_out = str(getattr(self.net, "output_fmt", "NCHW")).upper().endswith("NHWC")
         self.frozen = frozen
         self.norm_eval = norm_eval
         self.size_divisor = max(1, size_divisor)
@@ -96,4 +101,7 @@ class ImageBackbone(nn.Module):
         d = self.size_divisor
         if d > 1 and (x.shape[-2] % d or x.shape[-1] % d):
             x = nn.functional.pad(x, (0, -x.shape[-1] % d, 0, -x.shape[-2] % d))
-        return self.net(x)
+        feats = self.net(x)
+        if self.channels_last_out:
+            feats = [f.permute(0, 3, 1, 2).contiguous() for f in feats]
+        return feats

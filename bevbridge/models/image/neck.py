@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FPNToOneLevel"]
+__all__ = ["FPNToOneLevel", "GeneralizedLSSFPN"]
 
 
 class FPNToOneLevel(nn.Module):
@@ -30,6 +30,51 @@ class FPNToOneLevel(nn.Module):
             laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],
                                                               mode="nearest")
         return self.fpn_convs[0](laterals[0])
+
+
+class GeneralizedLSSFPN(nn.Module):
+    """BEVFusion's camera neck: top-down, each level CONCATENATED (not added) with the upsampled coarser one.
+
+    For levels ``i = L-2 ... 0``: ``x_i = conv3x3(conv1x1(cat(f_i, up(x_{i+1}))))`` with ``x_{L-1} = f_{L-1}`` (the
+    coarsest backbone map enters unreduced); every conv is conv-BN-ReLU without bias (mmcv ConvModule). Returns the
+    L-1 fused maps, finest first: with Swin-T stages 1-3 (``[192, 384, 768]``, strides 8/16/32) and 256 channels,
+    ``[B*N, 256, H/8, W/8]`` and ``[B*N, 256, H/16, W/16]``; BEVFusion's LSS reads the first. Upsampling is bilinear
+    (BEVFusion's camera configs: ``align_corners=False``). Parameter names follow mmcv (``lateral_convs.i.conv``,
+    ``.bn``; ``fpn_convs.i``).
+    """
+
+    def __init__(self, in_channels: list[int], out_channels: int = 256, align_corners: bool = False):
+        super().__init__()
+        if len(in_channels) < 2:
+            raise ValueError(f"GeneralizedLSSFPN needs at least two input levels, got {in_channels}")
+        L = len(in_channels)
+        self.lateral_convs = nn.ModuleList(
+            _ConvBNReLU(in_channels[i] + (in_channels[i + 1] if i == L - 2 else out_channels), out_channels, 1)
+            for i in range(L - 1))
+        self.fpn_convs = nn.ModuleList(_ConvBNReLU(out_channels, out_channels, 3) for _ in range(L - 1))
+        self.align_corners = align_corners
+        self.out_channels = out_channels
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        x = feats[-1]
+        outs = []
+        for i in range(len(feats) - 2, -1, -1):
+            up = F.interpolate(x, size=feats[i].shape[-2:], mode="bilinear", align_corners=self.align_corners)
+            x = self.fpn_convs[i](self.lateral_convs[i](torch.cat([feats[i], up], 1)))
+            outs.append(x)
+        return outs[::-1]
+
+
+class _ConvBNReLU(nn.Module):
+    """mmcv's ConvModule(conv, BN, ReLU) with a bias-free conv: ``.conv``, ``.bn``."""
+
+    def __init__(self, cin: int, cout: int, kernel: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)), inplace=True)
 
 
 class _Wrap(nn.Module):

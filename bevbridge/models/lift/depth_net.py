@@ -16,7 +16,7 @@ from timm.layers import Mlp
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-__all__ = ["CameraAwareDepthNet", "camera_params", "ASPP"]
+__all__ = ["CameraAwareDepthNet", "PlainDepthNet", "camera_params", "ASPP"]
 
 
 def camera_params(K: torch.Tensor, sensor2ego: torch.Tensor, ida: torch.Tensor, bda: torch.Tensor) -> torch.Tensor:
@@ -111,3 +111,20 @@ class CameraAwareDepthNet(nn.Module):
         context = self.context_conv(self.context_se(x, self.context_mlp(cam)[..., None, None]))
         depth = self.depth_conv(self.depth_se(x, self.depth_mlp(cam)[..., None, None]))
         return torch.cat([depth, context], 1)
+
+
+class PlainDepthNet(nn.Module):
+    """BEVFusion's ``LSSTransform.depthnet``: ONE 1x1 conv from the image features to D depth logits + C_ctx context
+    channels; no camera parameters (``cam`` is accepted and ignored so both depth nets share one signature).
+
+    ``forward(x [BN, C_in, h, w], cam) -> [BN, D + C_ctx, h, w]``.
+    """
+
+    def __init__(self, in_channels: int = 256, context_channels: int = 80, depth_bins: int = 118):
+        super().__init__()
+        self.depthnet = nn.Conv2d(in_channels, depth_bins + context_channels, 1)
+        self.depth_bins = depth_bins
+        self.context_channels = context_channels
+
+    def forward(self, x: torch.Tensor, cam: torch.Tensor | None = None) -> torch.Tensor:  # noqa: ARG002
+        return self.depthnet(x)

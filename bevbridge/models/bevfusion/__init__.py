@@ -1,0 +1,1 @@
+"""BEVFusion's map-segmentation models (camera-only and LiDAR-camera): BridgeTA's student and teacher."""

@@ -1,0 +1,1 @@
+"""BridgeTA (papers/bridgeta.txt): teacher-assistant distillation of a LiDAR-camera BEVFusion into BEVFusion-C."""
