@@ -108,8 +108,8 @@ class CaptioningEvaluator:
     """Dense-captioning m@IoU=k over the split (bevbridge.eval.captioning.CaptionMeter, MTA Sec. 4.1).
 
     Ground truth: the batch's boxes with their captions (``batch.captions``, one per box, TOD3Cap's "The object is
-    ignored" where the caption file has none); predictions: ``Prediction.boxes`` with ``Prediction.captions``, in the
-    same (unaugmented at evaluation) ego frame.
+    ignored" where the caption file has none); predictions: ``Prediction.caption_boxes`` (or, when unset,
+    ``Prediction.boxes``) with ``Prediction.captions``, in the same (unaugmented at evaluation) ego frame.
     """
 
     def __init__(self, iou_mode: str = "3d"):
@@ -130,7 +130,8 @@ class CaptioningEvaluator:
             gt = batch.gt_boxes[i]
             if len(gt) == 0:
                 continue
-            boxes = p.boxes if p.boxes is not None else torch.zeros(0, 9)
+            boxes = p.caption_boxes if p.caption_boxes is not None else p.boxes
+            boxes = boxes if boxes is not None else torch.zeros(0, 9)
             captions = p.captions if p.captions is not None else []
             self.meter.update(gt.double().numpy(), batch.captions[i], boxes.double().numpy(), captions)
 
