@@ -212,8 +212,10 @@ def build_evaluators(cfg: ExperimentConfig, needs: DataNeeds, out_dir: Path | No
     return out
 
 
-def build_exporter(cfg: ExperimentConfig, out: Path) -> Evaluator:
-    """An evaluator whose ``compute()`` writes the devkit detection results JSON to ``out``."""
-    from bevbridge.eval.evaluators import DetectionExporter
+def build_exporter(cfg: ExperimentConfig, out: Path, needs: DataNeeds | None = None) -> Evaluator:
+    """An evaluator whose ``compute()`` writes the devkit detection results JSON to ``out`` (and, for a model that
+    predicts captions, the captioned boxes with their captions to ``<out stem>_captions.json``)."""
+    from bevbridge.eval.evaluators import CaptionedDetectionExporter, DetectionExporter
 
-    return DetectionExporter(cfg.data.dataroot, cfg.data.version, cfg.data.val_split, out)
+    cls = CaptionedDetectionExporter if needs is not None and "captioning" in needs.tasks else DetectionExporter
+    return cls(cfg.data.dataroot, cfg.data.version, cfg.data.val_split, out)
