@@ -56,6 +56,14 @@ def build_model(cfg: ExperimentConfig, *, init: bool = True) -> nn.Module:
         from bevbridge.models.ctab.model import CTABModel
 
         model: nn.Module = CTABModel(m)
+    elif m.kind == "tod3cap":
+        from bevbridge.models.tod3cap.model import TOD3CapModel
+
+        model = TOD3CapModel(m)
+    elif m.kind == "mta":
+        from bevbridge.recipes.mta.recipe import MTA
+
+        model = MTA(m)
     else:  # pragma: no cover - the schema union admits only the kinds above
         raise BuildError(f"model.kind {m.kind!r} is not known to bevbridge/engine/build.py")
     if init:

@@ -174,7 +174,8 @@ class CaptioningEvaluator:
             boxes = p.caption_boxes if p.caption_boxes is not None else p.boxes
             boxes = boxes if boxes is not None else torch.zeros(0, 9)
             captions = p.captions if p.captions is not None else []
-            self.meter.update(gt.double().numpy(), batch.captions[i], boxes.double().numpy(), captions)
+            self.meter.update(gt.double().numpy(), batch.captions[i], boxes.double().numpy(), captions,
+                              batch.gt_labels[i].tolist() if batch.gt_labels else None)
 
     def compute(self) -> dict[str, Any]:
         return self.meter.compute()

@@ -10,10 +10,14 @@ caption x2 instead (``det_weight: 0.3, caption_weight: 2.0``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-__all__ = ["QFormerConfig", "LMConfig", "CaptionConfig"]
+from bevbridge.models.bevformer.config import BEVFormerConfig
+from bevbridge.models.config_common import ModelConfig
+from bevbridge.models.contract import DataNeeds
+
+__all__ = ["QFormerConfig", "LMConfig", "CaptionConfig", "TOD3CapConfig"]
 
 
 @dataclass
@@ -76,3 +80,28 @@ class CaptionConfig:
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"model.caption: temperature must be >= 0 and top_p in (0, 1], got "
                              f"{self.temperature}, {self.top_p}")
+
+
+@dataclass(kw_only=True)
+class TOD3CapConfig(ModelConfig):
+    """TOD3Cap: a BEVFormer detector (``detector``, its own schema, kind bevformer) + the caption branch.
+
+    Loss (MTA Eq. 8 without the alignment terms): ``det_weight * L_det + caption_weight * L_LM``; ``det_weight: 0``
+    skips the detection loss (TOD3Cap's captioning stage, with ``freeze: [detector]``).
+    """
+
+    kind: Literal["tod3cap"]  # required: it chooses this schema
+    detector: BEVFormerConfig
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    det_weight: float = 10.0  # alpha (MTA Eq. 8, "following TOD3Cap"); TOD3Cap's released joint stage: 0.3
+    caption_weight: float = 1.0  # beta; TOD3Cap's released joint stage: 2.0
+
+    def __post_init__(self) -> None:
+        if self.det_weight < 0 or self.caption_weight < 0:
+            raise ValueError("model.det_weight and model.caption_weight must be >= 0")
+
+    def data_needs(self) -> DataNeeds:
+        """The detector's needs plus the ground-truth captions; predicts detection and captioning."""
+        return replace(self.detector.data_needs(), captions=True, tasks=("detection", "captioning"))

@@ -86,6 +86,7 @@ def gather_objects(det: dict, objs: Objects) -> dict[str, torch.Tensor]:
 
 
 def decode_box_codes(code: torch.Tensor) -> torch.Tensor:
-    """Box codes ``[..., 10]`` -> boxes ``[..., 9]`` (x, y, z, l, w, h, yaw, vx, vy); BEVFormer's decoding."""
-    cx, cy, ll, lw, cz, lh, s, c, vx, vy = code.unbind(-1)
-    return torch.stack([cx, cy, cz, ll.exp(), lw.exp(), lh.exp(), torch.atan2(s, c), vx, vy], -1)
+    """Box codes ``[..., 10]`` -> boxes ``[..., 9]`` (x, y, z, l, w, h, yaw, vx, vy): BEVFormer's decoding."""
+    from bevbridge.models.bevformer.detr_head import decode_boxes
+
+    return decode_boxes(code)

@@ -9,9 +9,12 @@ papers/mta.txt Eq. 8: ``L = alpha L_det + beta L_LM + lambda_1 L_BLA + lambda_2 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Literal
 
-__all__ = ["BLAConfig", "DCAConfig"]
+from bevbridge.models.tod3cap.config import TOD3CapConfig
+
+__all__ = ["BLAConfig", "DCAConfig", "MTAConfig"]
 
 
 @dataclass
@@ -37,3 +40,20 @@ class DCAConfig:
     def __post_init__(self) -> None:
         if self.num_prompts < 1 or self.dim < 2 or self.temperature <= 0:
             raise ValueError("model.dca: num_prompts >= 1, dim >= 2 and temperature > 0 are required")
+
+
+@dataclass(kw_only=True)
+class MTAConfig(TOD3CapConfig):
+    """TOD3Cap's keys (the deployable captioner) + BLA, DCA and their Eq. 8 weights."""
+
+    kind: Literal["mta"]  # required: it chooses this schema
+    bla: BLAConfig = field(default_factory=BLAConfig)
+    dca: DCAConfig = field(default_factory=DCAConfig)
+    bla_weight: float = 1.0  # lambda_1
+    dca_weight: float = 0.01  # lambda_2
+
+    def tod3cap(self) -> TOD3CapConfig:
+        """The deployable captioner's config (``kind: tod3cap``, the same keys): what configs/mta/tod3cap.yaml
+        would hold for this run, so ``bevbridge eval`` of that config reads an MTA run's deployable weights."""
+        own = {f.name for f in fields(TOD3CapConfig)} - {"kind"}
+        return TOD3CapConfig(kind="tod3cap", **{k: getattr(self, k) for k in own})
