@@ -40,7 +40,7 @@ def _case(args: argparse.Namespace) -> dict:
                  "data.val_split=synth_val", f"model.depth.num_past_frames={args.past}", "data.num_workers=0"]
     cfg = load_config(REPO / "configs" / "ctab" / f"{args.config}.yaml", overrides)
     model = build.build_model(cfg)
-    _, val = build.build_datasets(cfg, train=False)
+    _, val = build.build_datasets(cfg.data, model.data_needs(), train=False)
     batch = collate([val[len(val) - 1]])
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     times = []

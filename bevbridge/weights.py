@@ -15,7 +15,9 @@ A checkpoint folder ``<run>/checkpoints/step_00001000/`` holds (engine/checkpoin
 ``state.pt``                   the training state (engine/checkpoint.py)
 =============================  ==============================================================================
 
-Weights are safetensors; a torch file is read only with ``weights_only=True``: nothing is unpickled.
+Weights are safetensors; a torch file is read only with ``weights_only=True``: nothing is unpickled. A weights file
+that cannot be read (truncated by a full disk or a copy cut short, or not a weights file at all) raises
+:class:`CorruptWeightsError`, one line naming the file; the caller adds what to do about it.
 """
 
 from __future__ import annotations
@@ -23,20 +25,21 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bevbridge.atomic import atomic_path
 
-__all__ = ["MODEL_FILE", "EMA_FILE", "DEPLOY_FILE", "DEPLOY_EMA_FILE", "STATE_FILE", "to_cpu_contiguous",
-           "save_weights", "weights_kind", "is_complete_checkpoint", "list_checkpoints", "checkpoint_dir_of",
-           "read_weights", "LoadReport", "load_pretrained"]
+__all__ = ["MODEL_FILE", "EMA_FILE", "DEPLOY_FILE", "DEPLOY_EMA_FILE", "STATE_FILE", "CorruptWeightsError",
+           "to_cpu_contiguous", "save_weights", "load_safetensors", "weights_kind", "is_complete_checkpoint",
+           "list_checkpoints", "checkpoint_dir_of", "read_weights", "LoadReport", "load_pretrained"]
 
 log = logging.getLogger(__name__)
 
@@ -48,28 +51,69 @@ STATE_FILE = "state.pt"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
+class CorruptWeightsError(ValueError):
+    """A weights (or training-state) file exists but cannot be read: ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
 def to_cpu_contiguous(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A copy of ``state`` that ``safetensors.torch.save_file`` accepts: CPU, contiguous, no shared storage."""
     # clone: safetensors refuses tensors that share storage (tied weights); the copy is on the CPU anyway
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
 
 
+def _save_file(state: Mapping[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` with the file mode ``open()`` would give (the umask's, e.g. 0644): it writes
+    a temp file of its own, created 0600, and renames it over ``path``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)  # the umask applies (or an existing file keeps its mode)
+    try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+    save_file(to_cpu_contiguous(state), str(path), metadata=meta)
+    os.chmod(path, mode)
+
+
 def save_weights(path: str | os.PathLike, state: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None,
                  atomic: bool = True) -> Path:
-    """Write ``state`` as safetensors (atomically unless the caller's folder is already a temp one)."""
+    """Write ``state`` as safetensors (atomically unless the caller's folder is already a temp one), with the file
+    mode the umask gives."""
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     if not atomic:
-        save_file(to_cpu_contiguous(state), str(path), metadata=meta)
+        _save_file(state, Path(path), meta)
         return Path(path)
     with atomic_path(path) as tmp:
-        save_file(to_cpu_contiguous(state), str(tmp), metadata=meta)
+        _save_file(state, tmp, meta)
     return Path(path)
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file``, raising :class:`CorruptWeightsError` (naming ``path``) when it cannot."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise CorruptWeightsError(path, f"corrupt or truncated weights file ({_reason(e)})") from None
 
 
 def weights_kind(path: str | os.PathLike) -> str | None:
     """The ``kind`` a safetensors file was saved for (its metadata), or None if it does not say."""
-    with safe_open(str(path), framework="pt") as f:
-        return (f.metadata() or {}).get("kind")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("kind")
+    except (SafetensorError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise CorruptWeightsError(path, f"corrupt or truncated weights file ({_reason(e)})") from None
 
 
 def is_complete_checkpoint(d: Path) -> bool:
@@ -135,14 +179,14 @@ def read_weights(path: str | os.PathLike, prefer_ema: bool = False, kind: str | 
         raise FileNotFoundError(f"weights not found: {p}")
     if p.is_dir():
         f = _pick_in_folder(checkpoint_dir_of(p), prefer_ema, kind, strict_kind)
-        return load_file(f), str(f)
+        return load_safetensors(f), str(f)
     if p.suffix == ".safetensors":
-        return load_file(p), str(p)
+        return load_safetensors(p), str(p)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ValueError(f"{p}: not a safetensors file nor a torch state dict loadable with weights_only=True "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise CorruptWeightsError(p, f"not a safetensors file nor a torch state dict loadable with weights_only=True "
+                                     f"({_reason(e)})") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -99,6 +99,10 @@ class MSEEvaluator:
     def compute(self) -> dict[str, float]:
         return {"mse": self.sq / max(self.n, 1), "count": float(self.n)}
 
+    @staticmethod
+    def metric_names() -> list[str]:
+        return ["mse", "count"]
+
 
 def tiny_config(**sections) -> ExperimentConfig:
     """An ExperimentConfig for the tiny model: small, fast, CPU, no warmup unless asked."""

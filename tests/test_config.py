@@ -69,7 +69,7 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
         ("optim.lr.x=1", r"'optim.lr' is a value"),
         ("nonsense", r"expected dotted.key=value"),
         ("optim.betas=[1, 2, 3]", r"config key 'optim.betas' .*expected 2 values"),
-        ("data.batch_size=0", r"config key 'data'.*batch_size must be >= 1"),
+        ("data.batch_size=0", r"config key 'data.batch_size' \(from override 'data.batch_size=0'\): must be >= 1"),
     ],
 )
 def test_bad_overrides_fail_with_one_line_naming_the_key(cfgdir, override, expected):

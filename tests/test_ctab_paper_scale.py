@@ -18,7 +18,7 @@ def test_paper_scale_forward_pass_runs_on_this_cpu(synth_world):
     assert cfg.model.depth.num_past_frames == 8 and tuple(cfg.model.image.input_size) == (256, 704)
     torch.manual_seed(0)
     model = build.build_model(cfg).eval()
-    _, val = build.build_datasets(cfg, train=False)
+    _, val = build.build_datasets(cfg.data, model.data_needs(), train=False)
     batch = collate([val[len(val) - 1]])
     assert batch.images.shape == (1, 6, 3, 256, 704) and batch.past.images.shape[1] == 8
     with torch.no_grad():

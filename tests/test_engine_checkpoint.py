@@ -1,4 +1,5 @@
-"""Checkpoints: safetensors + weights-only state, atomic under a kill, last-k + best, init_from with a prefix map."""
+"""Checkpoints: safetensors + weights-only state, atomic under a kill (SIGKILL at chosen points), last-k + best,
+init_from with a prefix map."""
 
 from __future__ import annotations
 
@@ -95,36 +96,49 @@ def test_init_from_a_torch_state_dict_file(tmp_path):
 
 
 _SAVER = r"""
-import sys, torch
+import os, signal, sys, torch
 from bevbridge.engine.checkpoint import CheckpointManager, ModelWeights
-mgr = CheckpointManager(sys.argv[1], keep_last=2)
-print("ready", flush=True)
-for step in range(1, 10_000):
-    w = {"w": torch.full((512, 1024), float(step))}  # 2 MB per file
-    mgr.save(step, ModelWeights(w, "tiny"), {"step": step, "opt": torch.full((512, 1024), float(step))}, ema_state=w)
+root, kill_step, kill_at = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+mgr = CheckpointManager(root, keep_last=2)
+
+def hook(event, path):  # die exactly here, as a SIGKILL from outside would
+    if step == kill_step and f"{event}:{path.name}".startswith(kill_at):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+mgr.on_write = hook
+for step in range(1, kill_step + 1):
+    w = {"w": torch.full((256, 256), float(step))}
+    mgr.save(step, ModelWeights(w, "tiny"), {"step": step, "opt": torch.full((64,), float(step))}, ema_state=w)
 """
 
 
-def test_sigkill_at_any_moment_leaves_usable_checkpoints(tmp_path):
+@pytest.mark.parametrize("kill_at, survives", [("file:model.safetensors", False), ("complete:step_00000003", True)])
+def test_sigkill_during_a_save_leaves_usable_checkpoints(tmp_path, kill_at, survives):
+    """SIGKILL at a chosen point of saving step 3 (after model.safetensors is written, the other files not yet;
+    after the rename, before pruning), from the CheckpointManager.on_write hook, not by timing. Would catch: a
+    half-written checkpoint under a real name (listed, resumed, evaluated), a leftover temp folder counted as a
+    checkpoint or never removed, pruning that loses the previous checkpoints."""
     import os
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    for delay in (0.3, 0.7):
-        root = tmp_path / f"kill{delay}"
-        p = subprocess.Popen([sys.executable, "-c", _SAVER, str(root)], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(repo)})
-        assert p.stdout.readline().strip() == "ready"
-        time.sleep(delay)
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-        ckpts = CheckpointManager(root).all()
-        assert ckpts, "no checkpoint was completed before the kill"
-        for d in ckpts:  # every checkpoint under a real name is complete and consistent
-            step = int(d.name.split("_")[1])
-            assert read_state(d)["step"] == step and read_weights(d)[0]["w"][0, 0] == step
-            assert read_weights(d, prefer_ema=True)[0]["w"][-1, -1] == step
+    r = subprocess.run([sys.executable, "-c", _SAVER, str(tmp_path), "3", kill_at], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(repo)}, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    mgr = CheckpointManager(tmp_path, keep_last=2)
+    names = [d.name for d in mgr.all()]
+    assert names == (["step_00000001", "step_00000002", "step_00000003"] if survives else
+                     ["step_00000001", "step_00000002"])  # pruning had not run yet: nothing lost
+    assert bool(list(tmp_path.glob(".step_00000003.tmp*"))) is not survives  # the killed save's temp folder
+    for d in mgr.all():  # every checkpoint under a real name is complete and consistent
+        step = int(d.name.split("_")[1])
+        assert read_state(d)["step"] == step and read_weights(d)[0]["w"][0, 0] == step
+        assert read_weights(d, prefer_ema=True)[0]["w"][-1, -1] == step
+    # the next process saves on: the leftover is removed and pruning keeps the last two
+    w = {"w": torch.full((4,), 4.0)}
+    mgr.save(4, ModelWeights(w, "tiny"), {"step": 4})
+    assert not list(tmp_path.glob(".step_*")) and [d.name for d in mgr.all()][-1] == "step_00000004"
+    assert len(mgr.all()) == 2

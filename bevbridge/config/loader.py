@@ -10,9 +10,10 @@ Everything is validated against the dataclass schema: an unknown key, a missing 
 wrong type raises :class:`ConfigError` with ONE line that names the key path, where the value came from, and what
 was expected (the valid keys, the valid choices, the expected type).
 
-Supported field types: ``int``, ``float`` (an int is widened), ``bool``, ``str``, ``Literal[...]``, ``X | None``,
-``list[T]``, ``tuple[T, ...]``, ``tuple[T1, T2]``, ``dict[str, T]``, nested dataclasses, and unions of dataclasses
-discriminated by a field that every member annotates with a one-value ``Literal`` (e.g. ``kind: Literal["ctab"]``).
+Supported field types: ``int``, ``float`` (an int is widened; NaN and infinities are refused: ``null`` is how a
+config says "none"), ``bool``, ``str``, ``Literal[...]``, ``X | None``, ``list[T]``, ``tuple[T, ...]``,
+``tuple[T1, T2]``, ``dict[str, T]``, nested dataclasses, and unions of dataclasses discriminated by a field that
+every member annotates with a one-value ``Literal`` (e.g. ``kind: Literal["ctab"]``).
 
 PyYAML reads ``2e-4`` (no dot) as a string; a ``float`` field accepts such a string when it parses as a number.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -143,7 +145,7 @@ def _where(path: str, prov: Mapping[str, str]) -> str:
     while p:
         if p in prov:
             return f" (from {prov[p]})"
-        p = p.rpartition(".")[0]
+        p = p[:p.rindex("[")] if p.endswith("]") else p.rpartition(".")[0]  # list items: their list's source
     return ""
 
 
@@ -209,7 +211,12 @@ def _convert_dataclass(cls: type, value: Any, path: str, prov: Mapping[str, str]
     except (ValueError, TypeError) as e:  # __post_init__ validation
         if isinstance(e, ConfigError):
             raise
-        _fail(path, prov, str(e))
+        msg = str(e)
+        key, _, rest = msg.partition(" ")  # "data.image_size must be ...": name that key (and where it was set)
+        prefix = f"{path}." if path else ""
+        if rest and key.startswith(prefix) and key[len(prefix):].split(".")[0] in fields:
+            _fail(key, prov, rest)
+        _fail(path, prov, msg)
 
 
 def _field_list(cls: type) -> str:
@@ -303,6 +310,13 @@ _FALSE = {"false", "no", "off", "0"}
 
 
 def _convert_scalar(tp: type, value: Any, path: str, prov: Mapping[str, str]) -> Any:
+    out = _scalar(tp, value, path, prov)
+    if tp is float and not math.isfinite(out):  # nan/inf pass every `x > 0` check and poison training later
+        _fail(path, prov, f"expected a finite float, got {out!r}")
+    return out
+
+
+def _scalar(tp: type, value: Any, path: str, prov: Mapping[str, str]) -> Any:
     if isinstance(value, _CliValue):
         text = str(value)
         try:

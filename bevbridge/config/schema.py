@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bevbridge.config.checks import check_probability, check_range, check_run_name, check_size
 from bevbridge.models.config_common import ModelConfig
 from bevbridge.models.ctab.config import CTABConfig
 from bevbridge.models.tod3cap.config import TOD3CapConfig
@@ -32,6 +33,11 @@ class ImageAugConfig:
     flip: bool = True
     crop_h_range: tuple[float, float] = (0.0, 0.0)
 
+    def __post_init__(self) -> None:
+        check_range("data.image_aug.resize_range", self.resize_range)
+        check_range("data.image_aug.rot_range", self.rot_range)
+        check_range("data.image_aug.crop_h_range", self.crop_h_range, low=0.0)
+
 
 @dataclass
 class BEVAugConfig:
@@ -46,6 +52,14 @@ class BEVAugConfig:
     # via nearest-neighbor interpolation"); corners that rotate in from outside the grid are empty (0).
     # "redraw": rasterise the map and the vehicles directly in the augmented frame (no empty corners).
     masks: Literal["warp", "redraw"] = "warp"
+
+    def __post_init__(self) -> None:
+        check_range("data.bev_aug.rot_range", self.rot_range)
+        check_range("data.bev_aug.scale_range", self.scale_range)
+        if self.scale_range[0] <= 0:
+            raise ValueError(f"data.bev_aug.scale_range must be > 0, got {self.scale_range}")
+        check_probability("data.bev_aug.flip_x_prob", self.flip_x_prob)
+        check_probability("data.bev_aug.flip_y_prob", self.flip_y_prob)
 
 
 @dataclass
@@ -96,6 +110,7 @@ class DataConfig:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.radar_sweeps < 0 or self.lidar_sweeps < 0:
             raise ValueError("data.radar_sweeps and data.lidar_sweeps must be >= 0")
+        check_size("data.image_size", self.image_size)
 
 
 @dataclass
@@ -190,6 +205,10 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept besides the best one
     out_dir: str = "runs"  # runs go to <out_dir>/<name>/
     max_bad_steps: int = 5  # abort after this many consecutive steps with a non-finite loss or gradient
+    # fp16 only: abort after this many consecutive steps the GradScaler skipped (overflow). A few in a row are normal
+    # while its scale comes down from 2^16; after 30 halvings it is ~6e-5, and gradients that still overflow are
+    # not finite at all. Kept apart from max_bad_steps, which would stop a healthy fp16 start.
+    max_overflow_steps: int = 30
     ema: bool = False  # keep an exponential moving average of the weights (MEGVII ramp, engine/ema.py)
     ema_decay: float = 0.999  # BEVDet/RCBEVDet MEGVIIEMAHook: 0.999
     ema_ramp: float = 2000.0  # decay(u) = ema_decay * (1 - exp(-u / ema_ramp)), u = number of updates
@@ -198,7 +217,7 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower; exact reruns on CUDA)
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "grad_accum", "log_every", "ckpt_every", "max_bad_steps"):
+        for name in ("max_steps", "grad_accum", "log_every", "ckpt_every", "max_bad_steps", "max_overflow_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.keep_last < 1:
@@ -220,7 +239,9 @@ class EvalConfig:
     # Evaluator slots, one per task the papers report (bevbridge/eval/evaluators.py); each must be a task the model
     # predicts (its DataNeeds.tasks). Metrics are logged as <evaluator>/<metric>.
     evaluators: list[Literal["detection", "segmentation", "captioning"]] = field(default_factory=list)
-    best_metric: str | None = None  # e.g. "detection/NDS": the checkpoint with the best value is kept as best
+    # e.g. "detection/NDS": the checkpoint with the best value is kept as best; checked against the names the
+    # evaluators can produce before training starts (engine/best.py)
+    best_metric: str | None = None
     best_mode: Literal["max", "min"] = "max"
     batch_size: int | None = None  # per process; null = data.batch_size
 
@@ -229,13 +250,16 @@ class EvalConfig:
             raise ValueError(f"eval.every_steps must be >= 0, got {self.every_steps}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"eval.batch_size must be >= 1 or null, got {self.batch_size}")
+        if self.best_metric is not None and "/" not in self.best_metric.strip("/"):
+            raise ValueError(f"eval.best_metric must be <evaluator>/<metric> (e.g. detection/NDS), got "
+                             f"{self.best_metric!r}")
 
 
 @dataclass
 class ExperimentConfig:
     """One experiment: a name and its sections."""
 
-    name: str = "experiment"
+    name: str = "experiment"  # the run folder's name (<train.out_dir>/<name>/): no '/', '..' or leading '.'
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -243,3 +267,6 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     # One schema per method, chosen by `kind` (see ModelSection above).
     model: ModelSection | None = None
+
+    def __post_init__(self) -> None:
+        check_run_name(self.name)

@@ -76,10 +76,13 @@ def load_init_weights(model: nn.Module, cfg: ExperimentConfig) -> None:
     """Apply ``model.init_from`` (with ``model.init_prefix_map``) to a freshly built model."""
     if cfg.model is None or cfg.model.init_from is None:
         return
-    from bevbridge.weights import load_pretrained
+    from bevbridge.weights import CorruptWeightsError, load_pretrained
 
     try:
         load_pretrained(model, cfg.model.init_from, cfg.model.init_prefix_map)
+    except CorruptWeightsError as e:
+        raise BuildError(f"model.init_from: {e}; copy or convert the file again, or point model.init_from at "
+                         f"another one", code=1) from None
     except (FileNotFoundError, ValueError) as e:
         raise BuildError(f"model.init_from: {e}") from None
 

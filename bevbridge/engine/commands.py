@@ -13,9 +13,12 @@ from pathlib import Path
 
 from bevbridge.config import load_config
 from bevbridge.engine import build, distributed
+from bevbridge.engine.best import check_best_metric
 from bevbridge.engine.checkpoint import load_model_state
+from bevbridge.engine.errors import EngineError
+from bevbridge.engine.resume import corrupt_hint
 from bevbridge.engine.run_log import add_file_log, write_metrics
-from bevbridge.weights import checkpoint_dir_of, read_weights
+from bevbridge.weights import CorruptWeightsError, checkpoint_dir_of, read_weights
 
 __all__ = ["train", "evaluate", "infer", "viz", "summary"]
 
@@ -32,8 +35,9 @@ def train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     model = build.build_model(cfg)
     needs = model.data_needs()
-    train_set, val_set = build.build_datasets(cfg.data, needs, seed=cfg.train.seed)
     evaluators = build.build_evaluators(cfg, needs)
+    check_best_metric(cfg.eval.best_metric, evaluators)  # before the (possibly long) dataset opening
+    train_set, val_set = build.build_datasets(cfg.data, needs, seed=cfg.train.seed)
     run_dir = _run_dir(cfg, args.out)
     handler = add_file_log(run_dir / "train.log") if os.environ.get("RANK", "0") == "0" else None
     try:
@@ -58,6 +62,9 @@ def _load_for_inference(args: argparse.Namespace):
     try:
         state, source = read_weights(args.ckpt, prefer_ema=cfg.eval.use_ema, kind=model.kind)
         load_model_state(model, state, source)
+    except CorruptWeightsError as e:
+        ema = " (or eval.use_ema=false to read model.safetensors)" if "ema" in e.path.name else ""
+        raise EngineError(f"--ckpt: {e}; {corrupt_hint(e.path, '--ckpt')}{ema}") from None
     except (FileNotFoundError, ValueError) as e:
         raise build.BuildError(f"--ckpt: {e}") from None
     build.apply_freeze(model, cfg.model.freeze if cfg.model is not None else ())

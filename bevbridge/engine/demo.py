@@ -26,6 +26,7 @@ __all__ = ["run_demo", "DEFAULT_CONFIG"]
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "ctab" / "mtl_ctab_synth.yaml"
+DEMO_MARKER = ".bevbridge-demo"  # marks a folder the demo wrote (and may replace)
 EVAL_AND_REPORT_RESERVE_S = 75.0  # kept for the final evaluation and the figures (measured: ~20-40 s)
 
 
@@ -39,11 +40,14 @@ def run_demo(args: argparse.Namespace) -> int:
         raise build.BuildError(f"demo config not found: {config}")
     cfg = load_config(config, args.overrides)
     out = Path(args.out)
-    if out.exists():
-        if not (out / "config.yaml").is_file() and any(out.iterdir()):
-            raise build.BuildError(f"{out} exists and is not a previous demo run; choose another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not (out / DEMO_MARKER).is_file():  # any run has a config.yaml: only a folder the demo wrote is replaced
+            raise build.BuildError(f"{out} exists and was not written by `bevbridge demo` (it has no {DEMO_MARKER}); "
+                                   f"choose another --out, or remove it yourself")
         log.info("replacing the previous demo run in %s", out)
         shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("written by `bevbridge demo`: the next demo with this --out replaces this folder\n")
 
     build.ensure_dataset(cfg.data)
     model = build.build_model(cfg)

@@ -7,6 +7,10 @@ excluded), ``train/skipped_steps``, ``model/<name>`` for model.scalars() (HUW si
 ``eval/<evaluator>/<metric>`` for evaluation results. Losses are rank 0's, averaged over the logging window.
 The same scalars are appended to ``<run>/scalars.jsonl`` (one ``{"step": s, "<tag>": value, ...}`` per line), for
 plots and scripts that should not need TensorBoard.
+
+A resumed run (:meth:`RunLog.resumed`) continues from its checkpoint's step k: TensorBoard hides the events after k
+that the abandoned trajectory wrote (``purge_step``), and ``scalars.jsonl`` gets a ``{"step": k, "resumed": true}``
+row, after which :func:`read_scalars` drops the earlier rows of steps after k.
 """
 
 from __future__ import annotations
@@ -67,9 +71,14 @@ def read_scalars(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             bad.append(n)
+            continue
+        if isinstance(row, dict) and row.get("resumed"):  # a resume from step k: the rows after k were abandoned
+            rows = [r for r in rows if not (isinstance(r.get("step"), (int, float)) and r["step"] > row["step"])]
+        else:
+            rows.append(row)
     if bad:
         log.warning("%s: skipped %d unreadable line(s) (%s; a run killed while writing leaves a partial last line)",
                     path, len(bad), ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else ""))
@@ -90,13 +99,22 @@ class RunLog:
         self.enabled = enabled
         self._writer = None
         self._line_start_checked = False
+        self._purge_step: int | None = None
 
     def _tb(self):
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter  # slow import: only when something is logged
 
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=self._purge_step)
         return self._writer
+
+    def resumed(self, step: int) -> None:
+        """The run continues from ``step`` (a checkpoint): later rows of an abandoned trajectory are hidden."""
+        if not self.enabled:
+            return
+        self._purge_step = step + 1
+        if (self.run_dir / "scalars.jsonl").is_file():
+            self._append({"step": step, "resumed": True})
 
     def scalars(self, step: int, values: Mapping[str, float], prefix: str = "") -> None:
         if not self.enabled:
@@ -110,6 +128,9 @@ class RunLog:
                 continue
             tb.add_scalar(f"{prefix}{k}", v, global_step=step)
             row[f"{prefix}{k}"] = v
+        self._append(row)
+
+    def _append(self, row: Mapping[str, Any]) -> None:
         with open(self.run_dir / "scalars.jsonl", "a") as f:
             if not self._line_start_checked:  # after a kill mid-line, start a new line rather than extend it
                 self._line_start_checked = True

@@ -10,8 +10,9 @@ One step = ``train.grad_accum`` micro-batches of ``data.batch_size`` samples per
    DDP wraps (engine/train_step.py); its ``"loss"`` / grad_accum goes backward (DDP reduces gradients on the last
    micro-batch only);
 3. a non-finite loss on any rank skips the step on every rank (logged); so does a non-finite gradient norm
-   (except under fp16, where the GradScaler skips overflowing steps itself); ``train.max_bad_steps`` skipped steps
-   in a row abort training with :class:`TrainingDiverged`;
+   (a finite loss with an infinite gradient); ``train.max_bad_steps`` such steps in a row abort training with
+   :class:`TrainingDiverged`. Under fp16 the GradScaler skips overflowing steps itself (normal for a few steps in
+   a row at the start, while its scale comes down): ``train.max_overflow_steps`` of those in a row abort too;
 4. gradients are unscaled (fp16), clipped to ``optim.grad_clip``, the optimizer steps, the EMA updates.
 
 A skipped step still counts as a step (the schedule and the data move on). After a step ``.grad`` holds that step's
@@ -41,20 +42,21 @@ from bevbridge.data.batch import collate
 from bevbridge.data.bad_samples import skipped_samples
 from bevbridge.engine import distributed
 from bevbridge.engine.amp import Precision
-from bevbridge.engine.checkpoint import (CheckpointManager, checkpoint_dir_of, load_model_state, model_weights,
-                                        read_state)
+from bevbridge.engine.best import check_best_metric, is_improvement
+from bevbridge.engine.checkpoint import CheckpointManager, load_model_state, model_weights
 from bevbridge.engine.ema import ModelEMA
 from bevbridge.engine.errors import EngineError, TrainingDiverged
 from bevbridge.engine.eval_loop import Evaluator, run_evaluation
 from bevbridge.engine.loader import train_loader
 from bevbridge.engine.optim import build_optimizer, scaled_lr
+from bevbridge.engine.resume import read_resume_checkpoint, retire_abandoned, warn_config_changes
 from bevbridge.engine.rng import get_rng_state, preserved_rng, seed_everything, set_rng_state
 from bevbridge.engine.run_log import RunLog, write_metrics
 from bevbridge.engine.schedule import Schedule
 from bevbridge.engine.train_step import TrainStep, check_losses
 from bevbridge.config.schema import ExperimentConfig
 from bevbridge.log import progress
-from bevbridge.weights import EMA_FILE, MODEL_FILE
+from bevbridge.weights import MODEL_FILE
 
 __all__ = ["Trainer", "FitResult"]
 
@@ -110,9 +112,10 @@ class Trainer:
                      per_epoch, t.max_steps)
         self.schedule = Schedule(cfg.schedule, t.max_steps)
         self.val_set, self.evaluators, self.collate_fn = val_set, dict(evaluators or {}), collate_fn
+        check_best_metric(cfg.eval.best_metric, self.evaluators)  # a misspelt name: now, not never a best checkpoint
         self.ckpts = CheckpointManager(self.run_dir / "checkpoints", t.keep_last)
         self.run_log = RunLog(self.run_dir, enabled=self.dist.is_main)
-        self.step = self.epoch = self.batch_in_epoch = self.bad_in_row = self.skipped = 0
+        self.step = self.epoch = self.batch_in_epoch = self.bad_in_row = self.skipped = self.overflow_in_row = 0
         self.best: dict[str, Any] = {}
         self.last_checkpoint: Path | None = None
         seed_everything(t.seed + self.dist.rank)
@@ -136,7 +139,7 @@ class Trainer:
             raise EngineError(f"--resume: {self.run_dir} has no complete checkpoint to resume from "
                               f"(expected {self.ckpts.root}/step_*/)")
         if resume:
-            self.load(self.ckpts.root if resume is True else resume)
+            self.load(resume)
         elif self.ckpts.latest() is not None:
             raise EngineError(f"{self.run_dir} already holds checkpoints; pass --resume to continue that run, "
                               f"or --out to start a new one elsewhere")
@@ -174,10 +177,13 @@ class Trainer:
                 if self.step == t.max_steps or (every and self.step % every == 0):
                     metrics = self.evaluate()
                     improved = self._improved(metrics)
+                if improved:  # before the save, so that the checkpoint's state knows it is the best
+                    self._set_best(metrics)
                 if self.step % t.ckpt_every == 0 or self.step == stop or improved:
                     self.save()
-                if improved:
-                    self._set_best(metrics)
+                if improved and self.dist.is_main:  # best.json once its checkpoint exists
+                    self.ckpts.set_best(self.step, self.best["metric"], self.best["value"])
+                    self.ckpts.prune()
         finally:
             bar.close()
             self.run_log.flush()
@@ -229,6 +235,9 @@ class Trainer:
             elif self.precision.step(opt):
                 if self.ema is not None:
                     self.ema.update(self.module)
+            else:
+                return self._overflowed(n)
+        self.overflow_in_row = 0
         if bad:
             self.bad_in_row += 1
             self.skipped += 1
@@ -243,6 +252,22 @@ class Trainer:
         self.bad_in_row = 0
         logs["grad_norm"] = torch.tensor(grad_norm)
         return {"ok": True, "samples": n * self.dist.world_size, "logs": logs}
+
+    def _overflowed(self, n: int) -> dict[str, Any]:
+        """fp16: the GradScaler skipped the step (overflow) and lowered its scale. Normal now and then, and for a
+        few steps in a row at the start; ``train.max_overflow_steps`` in a row abort training."""
+        t = self.cfg.train
+        self.overflow_in_row += 1
+        self.skipped += 1
+        scale = self.precision.scaler.get_scale()
+        log.debug("step %d: fp16 overflow, step skipped by the GradScaler (scale now %g)", self.step + 1, scale)
+        if self.overflow_in_row >= t.max_overflow_steps:
+            raise TrainingDiverged(
+                f"training aborted at step {self.step + 1}: {self.overflow_in_row} steps in a row overflowed in fp16 "
+                f"(skipped by the GradScaler, whose scale fell to {scale:g}; limit train.max_overflow_steps); lower "
+                f"optim.lr, set optim.grad_clip, try train.amp=bf16, or check the data (the last good checkpoint is "
+                f"kept)")
+        return {"ok": False, "samples": n * self.dist.world_size, "logs": {}}
 
     def _log_train(self, window: Mapping[str, Any], n: int, samples_per_s: float, bar) -> None:
         values = {k: float(v) / n for k, v in window.items()} if n else {}
@@ -292,32 +317,20 @@ class Trainer:
         return metrics
 
     def _improved(self, metrics: Mapping[str, Any]) -> bool:
-        key = self.cfg.eval.best_metric
-        if key is None or not metrics:
-            return False
-        if key not in metrics:
-            log.warning("eval.best_metric %r is not among the metrics (%s)", key, ", ".join(metrics))
-            return False
-        value = float(metrics[key])
-        if not math.isfinite(value):
-            return False
-        if not self.best:
-            return True
-        return value > self.best["value"] if self.cfg.eval.best_mode == "max" else value < self.best["value"]
+        e = self.cfg.eval
+        return is_improvement(e.best_metric, e.best_mode, metrics, self.best)
 
     def _set_best(self, metrics: Mapping[str, Any]) -> None:
         key = self.cfg.eval.best_metric
         self.best = {"metric": key, "value": float(metrics[key]), "step": self.step}
-        if self.dist.is_main:
-            self.ckpts.set_best(self.step, key, self.best["value"])  # type: ignore[arg-type]
-            self.ckpts.prune()
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything but the weights, as tensors/numbers/strings (torch.load(weights_only=True) reads it back)."""
         return {
             "format": STATE_FORMAT, "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "bad_in_row": self.bad_in_row, "skipped": self.skipped, "world_size": self.dist.world_size,
+            "bad_in_row": self.bad_in_row, "skipped": self.skipped, "overflow_in_row": self.overflow_in_row,
+            "world_size": self.dist.world_size,
             "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
             "ema_updates": self.ema.updates if self.ema is not None else -1, "scaler": self.precision.state_dict(),
             "best": dict(self.best), "rng": distributed.all_gather_objects(get_rng_state()),
@@ -339,34 +352,33 @@ class Trainer:
         self.last_checkpoint = path
         return path
 
-    def load(self, path: str | Path) -> None:
-        """Resume from a checkpoint folder (or a run folder / checkpoints folder: its latest checkpoint)."""
-        from safetensors.torch import load_file
-
+    def load(self, resume: str | Path | bool = True) -> None:
+        """Resume: ``True`` = this run's newest checkpoint that loads; a checkpoint folder = that one; a run or
+        checkpoints folder = its newest that loads. Later checkpoints of this run are retired (engine/resume.py)."""
+        if self.dist.is_main:
+            warn_config_changes(self.run_dir, to_dict(self.cfg))
+        ck = read_resume_checkpoint(resume, self.ckpts, want_ema=self.ema is not None)
+        where = ck.path / MODEL_FILE
         try:
-            ckpt = checkpoint_dir_of(path)
-        except FileNotFoundError as e:
-            raise EngineError(f"--resume: {e}") from None
-        self._warn_config_changes()
-        try:
-            load_model_state(self.module, load_file(ckpt / MODEL_FILE), str(ckpt / MODEL_FILE))
+            load_model_state(self.module, ck.model, str(where))
         except ValueError as e:
             raise EngineError(f"--resume: {e}") from None
-        state = read_state(ckpt)
+        state = ck.state
         if state.get("format") != STATE_FORMAT:
-            raise EngineError(f"--resume {ckpt}: training-state format {state.get('format')} is not {STATE_FORMAT}")
+            raise EngineError(f"--resume {ck.path}: training-state format {state.get('format')} is not {STATE_FORMAT}")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except ValueError as e:
-            raise EngineError(f"--resume {ckpt}: optimizer state does not fit ({e})") from None
+            raise EngineError(f"--resume {ck.path}: optimizer state does not fit ({e})") from None
         if self.ema is not None:
-            if (ckpt / EMA_FILE).is_file():
-                self.ema.load_state_dict(load_file(ckpt / EMA_FILE), int(state["ema_updates"]))
+            if ck.ema is not None:
+                self.ema.load_state_dict(ck.ema, int(state["ema_updates"]))
             else:
-                log.warning("--resume %s: no EMA weights in the checkpoint; the EMA restarts from the weights", ckpt)
+                log.warning("--resume %s: no EMA weights in the checkpoint; the EMA restarts from the weights", ck.path)
         self.precision.load_state_dict(state["scaler"])
         for k in ("step", "epoch", "batch_in_epoch", "bad_in_row", "skipped"):
             setattr(self, k, int(state[k]))
+        self.overflow_in_row = int(state.get("overflow_in_row", 0))
         self.best = dict(state["best"])
         rng = state["rng"]
         if len(rng) == self.dist.world_size:
@@ -378,25 +390,11 @@ class Trainer:
         if int(state["world_size"]) != self.dist.world_size:
             log.warning("--resume: the global batch changed with the number of processes (%d -> %d)",
                         int(state["world_size"]), self.dist.world_size)
-        self.last_checkpoint = ckpt
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt, self.step, self.epoch, self.batch_in_epoch)
-
-    def _warn_config_changes(self) -> None:
-        saved = self.run_dir / "config.yaml"
-        if not saved.is_file() or not self.dist.is_main:
-            return
-        import yaml
-
-        old, new = _flatten(yaml.safe_load(saved.read_text()) or {}), _flatten(to_dict(self.cfg))
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        if changed:
-            log.warning("--resume: config differs from %s in: %s", saved, ", ".join(changed))
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
+        distributed.barrier()  # every rank has read its files before rank 0 moves any aside
+        if self.dist.is_main:
+            retire_abandoned(self.ckpts, self.run_dir, ck.path, self.best)
+            self.run_log.resumed(self.step)
+        distributed.barrier()
+        self.last_checkpoint = ck.path if ck.path.parent.resolve() == self.ckpts.root.resolve() else None
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", ck.path, self.step, self.epoch,
+                 self.batch_in_epoch)

@@ -14,6 +14,10 @@ captioning         ``CaptioningEvaluator``     ``CaptionMeter``: m@IoU=k with BL
 ``DetectionExporter`` only writes the results JSON (``bevbridge infer``); for a captioning model
 ``CaptionedDetectionExporter`` also writes the captioned boxes with their captions beside it.
 
+Each evaluator says which metric names it can produce before it runs (``metric_names()``), so a misspelt
+``eval.best_metric`` is refused before the first training step (engine/best.py) instead of never keeping a best
+checkpoint.
+
 Predictions arrive in the batch's (possibly augmented) ego frame (models/contract.py); the BEV augmentation is undone
 here before export.
 """
@@ -84,6 +88,16 @@ class DetectionEvaluator(_ResultsCollector):
     def __init__(self, dataroot: str | Path, version: str, split: str, out_dir: str | Path | None = None):
         super().__init__(dataroot, version, split)
         self.out_dir = Path(out_dir) if out_dir is not None else None
+
+    @staticmethod
+    def metric_names() -> list[str]:
+        """What :meth:`compute` returns (bevbridge.eval.detection.evaluate_detections)."""
+        from bevbridge.data.batch import DETECTION_CLASSES
+        from bevbridge.eval.detection import TP_NAMES
+
+        tp = list(TP_NAMES.values())
+        return (["mAP", "NDS", *(f"m{s}" for s in tp)] + [f"AP/{c}" for c in DETECTION_CLASSES]
+                + [f"{s}/{c}" for c in DETECTION_CLASSES for s in tp] + ["num_samples"])
 
     def compute(self) -> dict[str, Any]:
         from bevbridge.eval.detection import evaluate_detections
@@ -164,6 +178,13 @@ class CaptioningEvaluator:
 
         self.meter = CaptionMeter(self.iou_mode)
 
+    def metric_names(self) -> list[str]:
+        """What :meth:`compute` returns (CaptionMeter.compute)."""
+        from bevbridge.eval.captioning import CAPTION_METRICS
+
+        ks = [f"{k:g}" for k in self.meter.iou_thresholds]
+        return ["num_gt"] + [f"{m}@{k}" for k in ks for m in CAPTION_METRICS] + [f"recall@{k}" for k in ks]
+
     def update(self, preds: list[Prediction], batch: Batch) -> None:
         if batch.captions is None:
             raise ValueError("captioning evaluation needs ground-truth captions: the batch has none (data.captions)")
@@ -191,6 +212,18 @@ class SegmentationEvaluator:
 
     def reset(self) -> None:
         self.meter.reset()
+
+    def metric_names(self) -> list[str]:
+        """What :meth:`compute` may return (SegmentationMeter: per class, per threshold, and the means whose classes
+        are all evaluated; a mean is still omitted at run time when one of its classes is absent from the split)."""
+        from bevbridge.eval.segmentation import MIOU_SUBSETS
+
+        m = self.meter
+        ts = [f"{t:g}" for t in m.thresholds]
+        names = [f"{what}/{c}" for c in m.class_names for what in ("IoU@max", "threshold@max")]
+        names += [f"IoU@{t}/{c}" for t in ts for c in m.class_names]
+        subsets = ["mIoU"] + [k for k, classes in MIOU_SUBSETS.items() if set(classes) <= set(m.class_names)]
+        return names + [f"{s}@{red}" for s in subsets for red in ("max", "0.5") if red == "max" or red in ts]
 
     def update(self, preds: list[Prediction], batch: Batch) -> None:
         if batch.gt_masks is None:

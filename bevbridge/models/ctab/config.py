@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bevbridge.config.checks import check_box_range, check_range, check_size
 from bevbridge.models.config_common import GridConfig, ModelConfig
 from bevbridge.models.contract import DataNeeds
 
@@ -33,6 +34,9 @@ class ImageBranchConfig:
     input_size: tuple[int, int] = (256, 704)  # (H, W) of the network input images
     downsample: int = 16
 
+    def __post_init__(self) -> None:
+        check_size("model.image.input_size", self.input_size)
+
 
 @dataclass
 class DepthConfig:
@@ -47,6 +51,12 @@ class DepthConfig:
     pre_process_blocks: int = 2
     bev_channels: tuple[int, ...] = (160, 320, 640)  # BEV ResNet stages (x2, x4, x8 the context channels)
     bev_out_channels: int = 256
+
+    def __post_init__(self) -> None:
+        check_range("model.depth.depth_range (min, max)", self.depth_range[:2], strict=True, low=0.0)
+        if self.depth_range[2] <= 0:
+            raise ValueError(f"model.depth.depth_range step must be > 0, got {self.depth_range}")
+        check_range("model.depth.z_range", self.z_range, strict=True)
 
 
 @dataclass
@@ -64,6 +74,11 @@ class RadarBranchConfig:
     second_channels: tuple[int, ...] = (64, 128, 256)
     second_layers: tuple[int, ...] = (3, 5, 5)
     fpn_channels: tuple[int, ...] = (128, 128, 128)
+
+    def __post_init__(self) -> None:
+        check_range("model.radar.z_range", self.z_range, strict=True)
+        if self.pillar_size <= 0:
+            raise ValueError(f"model.radar.pillar_size must be > 0, got {self.pillar_size}")
 
 
 @dataclass
@@ -105,6 +120,9 @@ class CenterHeadConfig:
     circle_radii: tuple[float, ...] = (4.0,)
     post_center_range: tuple[float, ...] = (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0)
 
+    def __post_init__(self) -> None:
+        check_box_range("model.head.post_center_range", self.post_center_range)
+
 
 @dataclass
 class SegBranchConfig:
@@ -119,6 +137,9 @@ class SegBranchConfig:
     focal_gamma: float = 3.0
     focal_weight: float = 20.0
     dice_weight: float = 20.0
+
+    def __post_init__(self) -> None:
+        check_size("model.seg.out_size", (self.out_size,))
 
 
 @dataclass
