@@ -24,6 +24,14 @@ from bevbridge.models.language.conditioned_lm import ConditionedLM
 from bevbridge.models.language.lm import LMInfo, load_lm, load_tokenizer
 
 
+class _NeverStops(ConditionedLM):
+    """Every caption runs max_new_tokens: no token is EOS."""
+
+    @property
+    def eos_id(self) -> int:
+        return -1
+
+
 def _recompute(clm: ConditionedLM, visual: torch.Tensor, steps: int) -> list[list[int]]:
     """Greedy generation without a cache: the whole sequence through the LM at every step."""
     ids = clm.prompt_ids(visual.device).expand(visual.shape[0], -1)
@@ -46,8 +54,7 @@ def main() -> None:
     adapter = GatedPromptAdapter(info, info.num_layers - 1, 10)
     with torch.no_grad():
         adapter.gates.fill_(0.5)
-    clm = ConditionedLM(lm, adapter, tokenizer=tok)
-    tok.eos_token = tok.convert_ids_to_tokens(0)  # never generated after the prompt: every caption runs --tokens
+    clm = _NeverStops(lm, adapter, tokenizer=tok)
     print(f"load average {os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()}; "
           f"{args.tokens} tokens per caption")
     print(f"{'objects':>8} {'decoding':<22} {'captions/s':>11} {'tokens/s':>9}")

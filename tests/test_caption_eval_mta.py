@@ -26,6 +26,7 @@ def test_caption_class_words_ignore_the_ego_car_and_need_whole_words():
     assert named_classes("A construction worker in orange, and two traffic cones.") == {C("pedestrian"),
                                                                                        C("traffic_cone")}
     assert named_classes("The business district; carpets.") == set()
+    assert named_classes("A bus parked in the car park.") == {C("bus")}
     assert names_exactly("Buses wait.", C("bus")) and not names_exactly("a car and a cone", C("car"))
     assert not names_exactly(None, C("car"))
 

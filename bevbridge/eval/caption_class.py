@@ -2,7 +2,7 @@
 
 A caption names class c when it contains one of c's words (:data:`CLASS_WORDS`, whole words, plural allowed,
 case-insensitive) after removing "ego car"/"ego vehicle" (every TOD3Cap-style caption locates objects relative to
-the ego car). ``class_named@k`` (bevbridge/eval/captioning.py) is the fraction of GT objects matched with IoU > k
+the ego car) and "car park" (a place, not a car). ``class_named@k`` (bevbridge/eval/captioning.py) is the fraction of GT objects matched with IoU > k
 whose matched caption names exactly their class and no other.
 """
 
@@ -27,7 +27,7 @@ CLASS_WORDS: dict[str, tuple[str, ...]] = {
     "traffic_cone": ("traffic cone", "cone"),
     "barrier": ("barrier",),
 }
-_EGO = re.compile(r"\bego[ -](car|vehicle)s?\b", re.IGNORECASE)
+_EGO = re.compile(r"\bego[ -](car|vehicle)s?\b|\bcar[ -]?parks?\b|\bparking\b", re.IGNORECASE)
 _PATTERNS = [re.compile(r"\b(" + "|".join(re.escape(w) + "(e?s)?" for w in CLASS_WORDS[c]) + r")\b", re.IGNORECASE)
              for c in DETECTION_CLASSES]
 
