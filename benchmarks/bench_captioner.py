@@ -6,7 +6,8 @@ The LM with LLaMA-Adapter-V2 prompts in 29 of its 30 layers (gates set open so t
 with random visual queries generated as one batch, every caption forced to run ``--tokens`` tokens (EOS disabled:
 the worst case; a trained captioner stops at its EOS, synthetic captions are <= 44 tokens). Rows: captions/s and
 generated tokens/s, greedy and with TOD3Cap's sampling (temperature 0.1, top-p 0.75), medians over ``--repeats``;
-then the KV cache against recomputing the whole sequence at every step (same outputs), interleaved, median ratio.
+then the KV cache against recomputing the whole sequence at every step, interleaved, median ratio (and how many
+greedy captions agree token for token; tests/test_language_model.py checks exact equality on a tiny Llama).
 Timings on a shared machine are noisy: read the ratio, and the absolute rows with the load average printed.
 """
 
@@ -47,6 +48,7 @@ def main() -> None:
     ap.add_argument("--objects", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-throughput", action="store_true", help="only the KV-cache comparison")
     args = ap.parse_args()
     torch.manual_seed(0)
     lm, tok = load_lm(None), load_tokenizer(None)
@@ -58,7 +60,7 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()}; "
           f"{args.tokens} tokens per caption")
     print(f"{'objects':>8} {'decoding':<22} {'captions/s':>11} {'tokens/s':>9}")
-    for n in args.objects:
+    for n in [] if args.skip_throughput else args.objects:
         visual = torch.randn(n, 10, info.hidden_size)
         for name, kw in (("greedy", {}), ("T 0.1, top-p 0.75", {"temperature": 0.1, "top_p": 0.75})):
             times = []
@@ -71,7 +73,7 @@ def main() -> None:
             print(f"{n:>8} {name:<22} {n / dt:>11.2f} {n * args.tokens / dt:>9.1f}")
     n, steps = min(args.objects), min(args.tokens, 24)
     visual = torch.randn(n, 10, info.hidden_size)
-    ratios = []
+    ratios, same = [], []
     for _ in range(args.repeats):
         t = time.perf_counter()
         cached = clm.generate_ids(visual, max_new_tokens=steps)
@@ -79,9 +81,10 @@ def main() -> None:
         t = time.perf_counter()
         full = _recompute(clm, visual, steps)
         ratios.append((time.perf_counter() - t) / t_cache)
-        assert cached == full, "the KV cache changed the greedy captions"
+        same.append(sum(a == b for a, b in zip(cached, full)) / len(full))
     print(f"KV cache vs recomputing the sequence ({n} objects, {steps} tokens): {statistics.median(ratios):.2f}x "
-          f"faster (median of {args.repeats}; identical captions)")
+          f"faster (median of {args.repeats}); {min(same):.0%} of the greedy captions identical token for token "
+          f"(float rounding differs between the two computations; with random visual queries near-ties flip)")
 
 
 if __name__ == "__main__":
