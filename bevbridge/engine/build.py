@@ -69,6 +69,14 @@ def build_model(cfg: ExperimentConfig, *, init: bool = True) -> nn.Module:
         from bevbridge.recipes.bridgeta.recipe import BridgeTA
 
         model = BridgeTA(m)
+    elif m.kind == "tod3cap":
+        from bevbridge.models.tod3cap.model import TOD3CapModel
+
+        model = TOD3CapModel(m)
+    elif m.kind == "mta":
+        from bevbridge.recipes.mta.recipe import MTA
+
+        model = MTA(m)
     else:  # pragma: no cover - the schema union admits only the kinds above
         raise BuildError(f"model.kind {m.kind!r} is not known to bevbridge/engine/build.py")
     if init:
@@ -263,8 +271,10 @@ def build_evaluators(cfg: ExperimentConfig, needs: DataNeeds, out_dir: Path | No
     return out
 
 
-def build_exporter(cfg: ExperimentConfig, out: Path) -> Evaluator:
-    """An evaluator whose ``compute()`` writes the devkit detection results JSON to ``out``."""
-    from bevbridge.eval.evaluators import DetectionExporter
+def build_exporter(cfg: ExperimentConfig, out: Path, needs: DataNeeds | None = None) -> Evaluator:
+    """An evaluator whose ``compute()`` writes the devkit detection results JSON to ``out`` (and, for a model that
+    predicts captions, the captioned boxes with their captions to ``<out stem>_captions.json``)."""
+    from bevbridge.eval.evaluators import CaptionedDetectionExporter, DetectionExporter
 
-    return DetectionExporter(cfg.data.dataroot, cfg.data.version, cfg.data.val_split, out)
+    cls = CaptionedDetectionExporter if needs is not None and "captioning" in needs.tasks else DetectionExporter
+    return cls(cfg.data.dataroot, cfg.data.version, cfg.data.val_split, out)

@@ -112,7 +112,7 @@ def infer(args: argparse.Namespace) -> int:
 
     cfg, model, device, source = _load_for_inference(args)
     out = Path(args.out)
-    exporter = build.build_exporter(cfg, out)
+    exporter = build.build_exporter(cfg, out, model.data_needs())
     _, val_set = build.build_datasets(cfg.data, model.data_needs(), train=False)
     run_evaluation(model, val_set, {"export": exporter}, batch_size=cfg.eval.batch_size or cfg.data.batch_size,
                    num_workers=cfg.data.num_workers, device=device,

@@ -16,6 +16,8 @@ where m is a captioning metric, so an unmatched GT (no prediction with IoU > k) 
   boxes shared centre and heading (the devkit's ``scale_iou``), which TOD3Cap's released evaluation uses. That code
   also matches the other way round (each prediction to its best GT) and scales corpus-level scores by
   kept/#predictions; this module keeps MTA's GT-centred formula in both modes, so only the IoU differs.
+- With the GT objects' class labels given, ``class_named@{k}`` is the fraction of GT objects matched with
+  IoU > k whose matched caption names exactly their class (bevbridge/eval/caption_class.py).
 - Scores are returned on pycocoevalcap's scale (BLEU/METEOR/ROUGE in [0, 1], CIDEr in [0, 10]); the MTA and
   TOD3Cap tables print them x100.
 
@@ -86,6 +88,7 @@ class _Match:
     refs: list[str]
     candidate: str | None
     iou: float
+    label: int = -1  # the GT object's class (DETECTION_CLASSES index), -1 if not given
 
 
 class CaptionMeter:
@@ -107,9 +110,11 @@ class CaptionMeter:
         return len(self.matches)
 
     def update(self, gt_boxes: Any, gt_captions: Sequence[str | Sequence[str]], pred_boxes: Any,
-               pred_captions: Sequence[str]) -> None:
+               pred_captions: Sequence[str], gt_labels: Sequence[int] | None = None) -> None:
         """One sample: ``gt_boxes [n, >=7]`` with one caption (or a list of reference captions) each,
-        ``pred_boxes [m, >=7]`` with one caption each; boxes (x, y, z, l, w, h, yaw, ...) in one frame."""
+        ``pred_boxes [m, >=7]`` with one caption each; boxes (x, y, z, l, w, h, yaw, ...) in one frame;
+        ``gt_labels [n]`` (optional) the GT classes, for ``class_named@k``."""
+        labels = [-1] * len(gt_boxes) if gt_labels is None else [int(x) for x in gt_labels]
         n, m = len(gt_boxes), len(pred_boxes)
         if len(gt_captions) != n or len(pred_captions) != m:
             raise ValueError(f"CaptionMeter.update: {n} GT boxes with {len(gt_captions)} captions, {m} predicted "
@@ -119,12 +124,12 @@ class CaptionMeter:
             if not r or any(not isinstance(s, str) or not s.strip() for s in r):
                 raise ValueError(f"CaptionMeter.update: GT object {i} has an empty reference caption: {r!r}")
         if m == 0:
-            self.matches += [_Match(r, None, 0.0) for r in refs]
+            self.matches += [_Match(r, None, 0.0, lab) for r, lab in zip(refs, labels)]
             return
         iou = box_iou(gt_boxes, pred_boxes, self.iou_mode)  # [n, m]
         best = iou.argmax(1) if n else np.zeros(0, dtype=np.int64)
         for i, r in enumerate(refs):
-            self.matches.append(_Match(r, str(pred_captions[best[i]]), float(iou[i, best[i]])))
+            self.matches.append(_Match(r, str(pred_captions[best[i]]), float(iou[i, best[i]]), labels[i]))
 
     def merge(self, other: CaptionMeter | Sequence[_Match]) -> CaptionMeter:
         """Add another meter's matches (e.g. gathered from other ranks with ``all_gather_object``); returns self."""
@@ -145,6 +150,12 @@ class CaptionMeter:
             for name in CAPTION_METRICS:
                 out[f"{name}@{k:g}"] = float((scores[name] * kept).sum() / N)
             out[f"recall@{k:g}"] = float(kept.mean())
+            labelled = kept & np.array([m.label >= 0 for m in self.matches])
+            if labelled.any():
+                from bevbridge.eval.caption_class import names_exactly
+
+                named = [names_exactly(m.candidate, m.label) for m, keep in zip(self.matches, labelled) if keep]
+                out[f"class_named@{k:g}"] = float(np.mean(named))
         return out
 
 

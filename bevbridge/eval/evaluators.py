@@ -11,7 +11,8 @@ segmentation       ``SegmentationEvaluator``   ``SegmentationMeter``: IoU@max, I
 captioning         ``CaptioningEvaluator``     ``CaptionMeter``: m@IoU=k with BLEU-4, METEOR, ROUGE-L, CIDEr (MTA)
 =================  ==========================  ===================================================================
 
-``DetectionExporter`` only writes the results JSON (``bevbridge infer``).
+``DetectionExporter`` only writes the results JSON (``bevbridge infer``); for a captioning model
+``CaptionedDetectionExporter`` also writes the captioned boxes with their captions beside it.
 
 Each evaluator says which metric names it can produce before it runs (``metric_names()``), so a misspelt
 ``eval.best_metric`` is refused before the first training step (engine/best.py) instead of never keeping a best
@@ -28,13 +29,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bevbridge.data.batch import Batch
 from bevbridge.geometry import invert_transform, transform_boxes
 from bevbridge.models.contract import Prediction
 
-__all__ = ["DetectionEvaluator", "SegmentationEvaluator", "CaptioningEvaluator", "DetectionExporter"]
+__all__ = ["DetectionEvaluator", "SegmentationEvaluator", "CaptioningEvaluator", "DetectionExporter",
+           "CaptionedDetectionExporter"]
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +121,50 @@ class DetectionExporter(_ResultsCollector):
         return {"num_samples": len(self.results)}
 
 
+class CaptionedDetectionExporter(DetectionExporter):
+    """``DetectionExporter`` + ``<out stem>_captions.json``: per sample token, the captioned boxes (devkit records in
+    the global frame, as the results file) each with its ``"caption"`` (``Prediction.caption_boxes`` and
+    ``captions``; TOD3Cap's top-k detections)."""
+
+    def __init__(self, dataroot: str | Path, version: str, split: str, out: str | Path):
+        super().__init__(dataroot, version, split, out)
+        self.captions_out = self.out.with_name(self.out.stem + "_captions.json")
+
+    def reset(self) -> None:
+        super().reset()
+        self.captioned: dict[str, list[dict]] = {}
+
+    def update(self, preds: list[Prediction], batch: Batch) -> None:
+        super().update(preds, batch)
+        from bevbridge.eval.detection_export import boxes_to_devkit
+
+        for i, p in enumerate(preds):
+            if p.caption_boxes is None or p.captions is None:
+                raise ValueError("CaptionedDetectionExporter: the model's predictions carry no caption boxes")
+            boxes = _unaugmented(Prediction(p.token, boxes=p.caption_boxes), batch.bda[i])
+            scores = p.extras.get("caption_scores", torch.ones(len(boxes)))
+            labels = p.extras.get("caption_labels", torch.zeros(len(boxes), dtype=torch.long))
+            order = np.argsort(-scores.double().cpu().numpy().reshape(-1), kind="stable")  # as boxes_to_devkit
+            records = boxes_to_devkit(p.token, boxes, scores, labels, batch.ego2global[i], max_boxes=len(boxes))
+            self.captioned[p.token] = [{**r, "caption": p.captions[j]} for r, j in zip(records, order)]
+
+    def compute(self) -> dict[str, Any]:
+        import json
+
+        from bevbridge.atomic import atomic_write_text
+
+        out = super().compute()
+        atomic_write_text(self.captions_out, json.dumps({"results": self.captioned}, indent=1))
+        log.info("wrote the captions of %d samples to %s", len(self.captioned), self.captions_out)
+        return {**out, "num_captioned": sum(len(v) for v in self.captioned.values())}
+
+
 class CaptioningEvaluator:
     """Dense-captioning m@IoU=k over the split (bevbridge.eval.captioning.CaptionMeter, MTA Sec. 4.1).
 
     Ground truth: the batch's boxes with their captions (``batch.captions``, one per box, TOD3Cap's "The object is
-    ignored" where the caption file has none); predictions: ``Prediction.boxes`` with ``Prediction.captions``, in the
-    same (unaugmented at evaluation) ego frame.
+    ignored" where the caption file has none); predictions: ``Prediction.caption_boxes`` (or, when unset,
+    ``Prediction.boxes``) with ``Prediction.captions``, in the same (unaugmented at evaluation) ego frame.
     """
 
     def __init__(self, iou_mode: str = "3d"):
@@ -151,9 +192,11 @@ class CaptioningEvaluator:
             gt = batch.gt_boxes[i]
             if len(gt) == 0:
                 continue
-            boxes = p.boxes if p.boxes is not None else torch.zeros(0, 9)
+            boxes = p.caption_boxes if p.caption_boxes is not None else p.boxes
+            boxes = boxes if boxes is not None else torch.zeros(0, 9)
             captions = p.captions if p.captions is not None else []
-            self.meter.update(gt.double().numpy(), batch.captions[i], boxes.double().numpy(), captions)
+            self.meter.update(gt.double().numpy(), batch.captions[i], boxes.double().numpy(), captions,
+                              batch.gt_labels[i].tolist() if batch.gt_labels else None)
 
     def compute(self) -> dict[str, Any]:
         return self.meter.compute()

@@ -139,7 +139,9 @@ class Prediction:
     """One sample's predictions, in the augmented ego frame of the batch (the engine undoes ``bda`` at export).
 
     boxes [n, 9] (x, y, z, l, w, h, yaw, vx, vy); scores [n]; labels [n] int64 (DETECTION_CLASSES index);
-    seg_probs [C, Hm, Wm] sigmoid probabilities on ``DataNeeds.map_grid``; captions: one per box (same order).
+    seg_probs [C, Hm, Wm] sigmoid probabilities on ``DataNeeds.map_grid``; captions: one per box (same order), or,
+    when ``caption_boxes [k, 9]`` is set, one per caption box: the boxes the captions describe when they are not the
+    detections themselves (TOD3Cap captions the top-k (query, class) scores, not the detector's final boxes).
     """
 
     token: str
@@ -148,6 +150,7 @@ class Prediction:
     labels: torch.Tensor | None = None
     seg_probs: torch.Tensor | None = None
     captions: list[str] | None = None
+    caption_boxes: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
