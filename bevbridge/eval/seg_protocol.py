@@ -26,8 +26,9 @@ Known differences from BEVCar's own numbers (documented, not replicated):
 - the ground truth is the native raster read at the 0.5 m cell centres, not the map re-rasterised at 0.5 m (the
   CTAB 0.512 m raster: a boundary moves by up to half a native cell, 0.256 m); a model whose map grid already is
   the 100 m / 0.5 m grid is scored on its own raster, exactly;
-- the grid is centred on the ego frame (LIDAR_TOP at the keyframe, x forward), as BEVFusion's; BEVCar's map patch
-  is centred on and turned with the front camera (about 1.5-1.7 m ahead of it in nuScenes);
+- the grid is centred on the origin of bevbridge's ego frame (the vehicle frame at the keyframe's LIDAR_TOP
+  timestamp, x forward), like every grid here; BEVCar's map patch is centred on and turned with the front camera
+  (``fetch_nusc_map2``: about 1.7 m ahead of that origin in nuScenes);
 - BEVCar scores its vehicle (object) channel at 0.5 only, over cells of sufficiently visible objects; here vehicle
   is a map class like the others (its ``IoU@0.5/vehicle`` is reported too);
 - BEVCar's mean divides by the number of classes with a non-zero IoU; here an undefined (NaN) class omits the mean.
