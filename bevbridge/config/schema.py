@@ -254,6 +254,10 @@ class EvalConfig:
     # training batches (detectron2's PreciseBN; bevbridge/engine/precise_bn.py); 0 = off. The recomputed statistics
     # are saved with the checkpoint written after the evaluation, so `bevbridge eval --ckpt` reproduces the numbers.
     recompute_bn_batches: int = 0
+    # Map segmentation protocol (bevbridge/eval/seg_protocol.py), recorded in metrics.json under "protocols":
+    # native = the model's own map grid at BEVFusion's thresholds 0.35..0.65 (CTAB: 102.4 m, 200x200);
+    # bevcar = BEVCar's 100 m x 100 m at 0.5 m (200x200) and thresholds 0.25..0.80, predictions resampled onto it
+    seg_protocol: Literal["native", "bevcar"] = "native"
 
     def __post_init__(self) -> None:
         if self.recompute_bn_batches < 0:

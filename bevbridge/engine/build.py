@@ -265,7 +265,7 @@ def build_evaluators(cfg: ExperimentConfig, needs: DataNeeds, out_dir: Path | No
         if name == "detection":
             out[name] = DetectionEvaluator(cfg.data.dataroot, cfg.data.version, cfg.data.val_split, out_dir)
         elif name == "segmentation":
-            out[name] = SegmentationEvaluator(tuple(needs.map_classes))
+            out[name] = SegmentationEvaluator(tuple(needs.map_classes), needs.map_grid, cfg.eval.seg_protocol)
         elif name == "captioning":
             out[name] = CaptioningEvaluator()
     return out

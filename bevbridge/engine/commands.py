@@ -86,7 +86,7 @@ def _default_eval_dir(cfg, ckpt: str) -> Path:
 
 def evaluate(args: argparse.Namespace) -> int:
     from bevbridge.engine.amp import Precision
-    from bevbridge.engine.eval_loop import run_evaluation
+    from bevbridge.engine.eval_loop import evaluation_protocols, run_evaluation
 
     cfg, model, device, source = _load_for_inference(args)
     needs = model.data_needs()
@@ -99,7 +99,8 @@ def evaluate(args: argparse.Namespace) -> int:
                              precision=Precision(cfg.train.amp, device, cfg.train.amp_allow_emulated))
     if distributed.info().is_main:
         out = Path(args.out) if args.out else _default_eval_dir(cfg, args.ckpt)
-        path = write_metrics(out / "metrics.json", metrics, checkpoint=source)
+        path = write_metrics(out / "metrics.json", metrics, checkpoint=source,
+                             protocols=evaluation_protocols(evaluators))
         for k, v in metrics.items():
             print(f"{k}: {v}")
         print(f"metrics written to {path}")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bevbridge.config import load_config
 from bevbridge.engine import build
+from bevbridge.engine.eval_loop import evaluation_protocols
 from bevbridge.engine.run_log import read_scalars, write_metrics
 
 __all__ = ["run_demo", "DEFAULT_CONFIG"]
@@ -78,7 +79,8 @@ def run_demo(args: argparse.Namespace) -> int:
                "train_and_final_eval_s": round(t_train, 1),
                "total_s": round(time.perf_counter() - t0, 1)}
     write_metrics(out / "metrics.json", metrics, step=result.step, max_steps=planned, cut_short=cut,
-                  config=str(config), untrained=baseline, timings=timings, **trainer.precision.record())
+                  config=str(config), untrained=baseline, timings=timings, **trainer.precision.record(),
+                  protocols=evaluation_protocols(evaluators))
 
     model = trainer.module
     gates = model.scalars() if hasattr(model, "scalars") else {}

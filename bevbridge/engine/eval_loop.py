@@ -5,6 +5,7 @@ The engine drives evaluators through this protocol (concrete ones live in bevbri
     evaluator.reset()                              # forget previous results
     evaluator.update(preds, batch)                 # preds: list[Prediction] for the samples of `batch`, in order
     metrics = evaluator.compute()                  # dict[str, float | ...]: logged as eval/<name>/<key>
+    evaluator.protocol()                           # optional: how it scores (grid, thresholds), for metrics.json
 
 ``update`` and ``compute`` run on rank 0 only. Every rank predicts its shard of a ``DistributedSampler`` (which
 pads the last round with repeats so the ranks stay in step); the predictions (on the CPU, float32) and a light copy
@@ -30,7 +31,7 @@ from bevbridge.engine.loader import eval_loader
 from bevbridge.log import progress
 from bevbridge.models.contract import Prediction
 
-__all__ = ["Evaluator", "run_evaluation", "slim_batch", "select_samples"]
+__all__ = ["Evaluator", "run_evaluation", "evaluation_protocols", "slim_batch", "select_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,12 @@ class Evaluator(Protocol):
     def update(self, preds: list[Prediction], batch: Batch) -> None: ...
 
     def compute(self) -> dict[str, Any]: ...
+
+
+def evaluation_protocols(evaluators: Mapping[str, Evaluator]) -> dict[str, Any]:
+    """``{name: evaluator.protocol()}`` for the evaluators that describe how they score (the segmentation grid and
+    thresholds, bevbridge/eval/seg_protocol.py): written into every metrics.json as ``"protocols"``."""
+    return {name: ev.protocol() for name, ev in evaluators.items() if callable(getattr(ev, "protocol", None))}
 
 
 def slim_batch(batch: Batch) -> Batch:

@@ -46,7 +46,7 @@ from bevbridge.engine.best import check_best_metric, is_improvement
 from bevbridge.engine.checkpoint import CheckpointManager, load_model_state, model_weights
 from bevbridge.engine.ema import ModelEMA
 from bevbridge.engine.errors import EngineError, TrainingDiverged
-from bevbridge.engine.eval_loop import Evaluator, run_evaluation
+from bevbridge.engine.eval_loop import Evaluator, evaluation_protocols, run_evaluation
 from bevbridge.engine.loader import train_loader
 from bevbridge.engine.optim import build_optimizer, scaled_lr
 from bevbridge.engine.precise_bn import recompute_for_evaluation
@@ -311,7 +311,8 @@ class Trainer:
                                      desc=f"eval@{self.step}")
         if self.dist.is_main:
             write_metrics(self.run_dir / "eval" / f"step_{self.step:08d}" / "metrics.json", metrics,
-                          step=self.step, ema=bool(use_ema and self.ema is not None), **self.precision.record())
+                          step=self.step, ema=bool(use_ema and self.ema is not None), **self.precision.record(),
+                          protocols=evaluation_protocols(self.evaluators))
             self.run_log.scalars(self.step, metrics, prefix="eval/")
             headline = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k.count("/") == 1}
             log.info("eval at step %d: %s (all metrics in %s)", self.step,

@@ -7,7 +7,7 @@
 detection          ``DetectionEvaluator``      devkit results JSON (global frame) -> the official DetectionEval:
                                                mAP, NDS, the five TP errors, per-class AP (CTAB, BEVFormer, MTA)
 segmentation       ``SegmentationEvaluator``   ``SegmentationMeter``: IoU@max, IoU@0.5 per class and their means
-                                               (CTAB, BridgeTA)
+                                               (CTAB, BridgeTA), on the grid of ``eval.seg_protocol``
 captioning         ``CaptioningEvaluator``     ``CaptionMeter``: m@IoU=k with BLEU-4, METEOR, ROUGE-L, CIDEr (MTA)
 =================  ==========================  ===================================================================
 
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from bevbridge.data.batch import Batch
-from bevbridge.geometry import invert_transform, transform_boxes
+from bevbridge.geometry import BEVGrid, invert_transform, transform_boxes
 from bevbridge.models.contract import Prediction
 
 __all__ = ["DetectionEvaluator", "SegmentationEvaluator", "CaptioningEvaluator", "DetectionExporter",
@@ -203,12 +203,24 @@ class CaptioningEvaluator:
 
 
 class SegmentationEvaluator:
-    """BEV map segmentation IoU over the split (bevbridge.eval.segmentation.SegmentationMeter)."""
+    """BEV map segmentation IoU over the split (bevbridge.eval.segmentation.SegmentationMeter), counted on the grid
+    and at the thresholds of ``protocol`` (bevbridge/eval/seg_protocol.py: "native" = the model's own ``grid``,
+    "bevcar" = BEVCar's 100 m at 0.5 m). :meth:`protocol` says which, for metrics.json."""
 
-    def __init__(self, class_names: tuple[str, ...]):
+    def __init__(self, class_names: tuple[str, ...], grid: BEVGrid | None = None, protocol: str = "native"):
+        from bevbridge.eval.seg_protocol import seg_protocol
         from bevbridge.eval.segmentation import SegmentationMeter
 
-        self.meter = SegmentationMeter(class_names)
+        self.native_grid, self.seg_protocol = grid, seg_protocol(protocol)
+        self.eval_grid = self.seg_protocol.eval_grid(grid)
+        if grid is None and self.seg_protocol.grid is not None:
+            raise ValueError(f"eval.seg_protocol={protocol!r} resamples onto another grid: the evaluator needs the "
+                             "model's map grid (DataNeeds.map_grid)")
+        self.meter = SegmentationMeter(class_names, self.seg_protocol.thresholds)
+
+    def protocol(self) -> dict[str, Any]:
+        """The protocol, the grid scored (range, resolution, shape) and the thresholds (seg_protocol.describe)."""
+        return self.seg_protocol.describe(self.native_grid)
 
     def reset(self) -> None:
         self.meter.reset()
@@ -229,7 +241,12 @@ class SegmentationEvaluator:
         if batch.gt_masks is None:
             raise ValueError("segmentation evaluation needs map targets: the batch has no gt_masks")
         probs = torch.stack([p.seg_probs for p in preds])
-        self.meter.update(probs, batch.gt_masks.to(probs.device))
+        gt = batch.gt_masks.to(probs.device)
+        if self.eval_grid != self.native_grid:
+            from bevbridge.eval.seg_protocol import to_protocol_grid
+
+            probs, gt = to_protocol_grid(probs, gt, self.native_grid, self.eval_grid)
+        self.meter.update(probs, gt)
 
     def compute(self) -> dict[str, Any]:
         return {k: v for k, v in self.meter.compute().items() if isinstance(v, (int, float))}
