@@ -24,7 +24,7 @@ Two implementations give the same result (tests compare them in float64; the ben
   it is the reference's at cell borders too) and gets the attention gradient from per-point samples and one batched
   matrix-vector product; all per-point temporaries are made and consumed in chunks of (batch x head) slices.
   "auto" uses it everywhere else: every CTAB and BEVFormer shape but BEVFormer's decoder on the 200x200 BEV, where
-  it is 1.3-12x faster forward and 1.2-2.3x forward+backward (``benchmarks/RESULTS.md``).
+  it is 2.5-11x faster forward and 1.2-2.7x forward+backward (``benchmarks/RESULTS.md``, "after the rewrite").
 
 Measured and dropped (``benchmarks/RESULTS.md``): a single ``grid_sample`` over the atlas with autograd ("fused
 levels"), bf16 (slower on CPU; half-precision inputs are computed in float32 here), ``torch.compile`` of the
