@@ -3,17 +3,21 @@ one report (mIoU@max per class, the Fig. 5 teacher-student gaps over training).
 
     python benchmarks/bridgeta_experiments.py run --seeds 0 1          # trains what is missing (hours on a CPU)
     python benchmarks/bridgeta_experiments.py report --seeds 0 1       # Markdown for benchmarks/RESULTS.md
+    ... run --steps 120 --teacher-steps 150 --only NAME ...            # a smaller, equal budget for every row
     python benchmarks/bridgeta_experiments.py bn-check CONFIG RUN      # mIoU with BatchNorm statistics re-estimated
     python benchmarks/bridgeta_experiments.py lidar-check              # what the synthetic LiDAR carries per class
 
 Not a ``bench_*`` script: ``make bench`` does not run it. Each run is ``bevbridge train configs/bridgeta/<name>.yaml
 train.seed=<s> --out <out>/<name>_s<s>``; the KD runs of seed s distil the teacher trained with seed s (so a seed
-repeats the whole pipeline). A run whose final evaluation exists is not trained again.
+repeats the whole pipeline) unless ``--teacher-seed`` names one teacher for all. A run whose final evaluation exists
+is not trained again. ``--steps N`` (``--teacher-steps`` for the teacher) sets ``train.max_steps=N`` (the cosine
+schedule spans the N steps) and ``train.ckpt_every=N/3``: every student row gets the same budget, and the gaps are
+reported at N/3, 2N/3 and N (the configs' own 300 steps: 100, 200, 300).
 
 Gaps (Fig. 5): Eq. 8 between the teacher's and the student's feature (F_fus^T vs F_cam^S), decoded and logit
 tensors. ``train`` columns: what the KD runs log every 10 steps on their training batches (``train/gap/*`` in
 scalars.jsonl, the mean of the 10 steps before). ``val`` columns: recomputed here for every run, the baseline
-included, at its checkpoints (steps 100, 200, 300) on the validation split in eval mode, against its seed's teacher.
+included, at its checkpoints (N/3, 2N/3, N) on the validation split in eval mode, against its seed's teacher.
 """
 
 from __future__ import annotations
@@ -68,16 +72,31 @@ def train(out: Path, name: str, seed: int, extra: list[str]) -> None:
     print(f"[done] {d} in {(time.time() - t) / 60:.1f} min", flush=True)
 
 
+def budget(steps: int | None) -> list[str]:
+    """Overrides for a run of ``steps`` steps with checkpoints at its thirds (none: the config's own)."""
+    if steps is None:
+        return []
+    if steps < 3 or steps % 3:
+        raise SystemExit(f"--steps/--teacher-steps must be a positive multiple of 3, got {steps}")
+    return [f"train.max_steps={steps}", f"train.ckpt_every={steps // 3}"]
+
+
+def data_override(dataroot: Path | None) -> list[str]:
+    return [] if dataroot is None else [f"data.dataroot={dataroot}"]
+
+
 def cmd_run(args) -> None:
     for seed in args.seeds:
         for name in (TEACHER, STUDENT, *KD):
             if args.only and name not in args.only:
                 continue
-            extra = [f"model.teacher.init_from={run_dir(args.out, TEACHER, seed)}"] if name in KD else []
-            train(args.out, name, seed, extra)
+            t_seed = seed if args.teacher_seed is None else args.teacher_seed
+            extra = [f"model.teacher.init_from={run_dir(args.out, TEACHER, t_seed)}"] if name in KD else []
+            extra += budget(args.teacher_steps if name == TEACHER else args.steps) + data_override(args.dataroot)
+            train(args.out, name, seed if name != TEACHER else t_seed, extra)
 
 
-def val_gaps(out: Path, name: str, seed: int) -> dict[int, dict[str, float]]:
+def val_gaps(out: Path, name: str, seed: int, teacher_seed: int, dataroot: Path | None) -> dict[int, dict[str, float]]:
     """Eq. 8 gaps between this run's student (at each kept checkpoint) and its seed's teacher on the val split."""
     import torch
 
@@ -91,9 +110,10 @@ def val_gaps(out: Path, name: str, seed: int) -> dict[int, dict[str, float]]:
     cache = out / f"{name}_s{seed}" / "val_gaps.json"
     if cache.is_file():
         return {int(k): v for k, v in json.loads(cache.read_text()).items()}
-    tcfg, scfg = load_config(CFG / f"{TEACHER}.yaml"), load_config(CFG / f"{STUDENT}.yaml")
+    tcfg = load_config(CFG / f"{TEACHER}.yaml", data_override(dataroot))
+    scfg = load_config(CFG / f"{STUDENT}.yaml", data_override(dataroot))
     teacher = build.build_model(tcfg, init=False).eval()
-    state, src = read_weights(run_dir(out, TEACHER, seed), kind="bevfusion")
+    state, src = read_weights(run_dir(out, TEACHER, teacher_seed), kind="bevfusion")
     load_model_state(teacher, state, src)
     _, val = build.build_datasets(tcfg.data, teacher.data_needs(), train=False)
     batches = [collate([val[i] for i in range(j, min(j + 2, len(val)))]) for j in range(0, len(val), 2)]
@@ -115,53 +135,61 @@ def val_gaps(out: Path, name: str, seed: int) -> dict[int, dict[str, float]]:
     return gaps
 
 
-def train_gaps(d: Path) -> dict[int, dict[str, float]]:
+def train_gaps(d: Path, steps: tuple[int, ...]) -> dict[int, dict[str, float]]:
     rows = [json.loads(line) for line in (d / "scalars.jsonl").read_text().splitlines()] \
         if (d / "scalars.jsonl").is_file() else []
     out = {}
     for r in rows:
-        if "train/gap/feature" in r and r["step"] % 100 == 0:
+        if "train/gap/feature" in r and r["step"] in steps:
             out[r["step"]] = {lv: r[f"train/gap/{lv}"] for lv in LEVELS}
     return out
 
 
 def cmd_report(args) -> None:
+    """Rows x seeds; a row's mean and per-class IoU average the seeds it was run with (their count is printed), so a
+    row run with fewer seeds than another is visible as such. The teacher row is ``--teacher-seed``'s if given."""
     names = [n for n in (TEACHER, STUDENT, "bridgeta_wo_ta_synth", "bridgeta_fld_synth", "bridgeta_fld_dld_synth",
                          "bridgeta_fld_dld_lldbase_synth", "bridgeta_synth", "bridgeta_fixed_eps_synth")]
     seeds = args.seeds
-    print("| row | config | paper mIoU | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | " +
-          " | ".join(c.replace("_", " ") for c in CLASSES) + " (mean of seeds) |")
-    print("|---|---|---|" + "---|" * len(seeds) + "---|" + "---|" * len(CLASSES))
+    t_seed = (lambda s: s) if args.teacher_seed is None else (lambda s: args.teacher_seed)
+    steps = (100, 200, 300) if args.steps is None else tuple(args.steps // 3 * k for k in (1, 2, 3))
+    print("| row | config | paper mIoU | " + " | ".join(f"seed {s}" for s in seeds) + " | mean (n) | " +
+          " | ".join(c.replace("_", " ") for c in CLASSES) + " |")
+    print("|---|---|---|" + "---:|" * len(seeds) + "---:|" + "---:|" * len(CLASSES))
     for n in names:
-        ms = [final_metrics(run_dir(args.out, n, s)) for s in seeds]
-        vals = [m["segmentation/mIoU@max"] if m else None for m in ms]
-        done = [v for v in vals if v is not None]
-        mean = f"{sum(done) / len(done):.3f}" if len(done) == len(seeds) else "-"
-        per_class = []
-        for c in CLASSES:
-            cv = [m[f"segmentation/IoU@max/{c}"] for m in ms if m]
-            per_class.append(f"{sum(cv) / len(cv):.3f}" if len(cv) == len(seeds) else "-")
+        row_seeds = sorted({t_seed(s) for s in seeds}) if n == TEACHER else seeds
+        ms = {s: final_metrics(run_dir(args.out, n, s)) for s in row_seeds}
+        done = [m for m in ms.values() if m]
+        if not done:
+            continue
+        vals = [ms.get(s) for s in seeds]
+        mean = f"{sum(m['segmentation/mIoU@max'] for m in done) / len(done):.3f} ({len(done)})"
+        per_class = [f"{sum(m[f'segmentation/IoU@max/{c}'] for m in done) / len(done):.3f}" for c in CLASSES]
         label, paper = ROWS[n]
-        print(f"| {label} | `{n}` | {paper} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in vals) +
+        print(f"| {label} | `{n}` | {paper} | " +
+              " | ".join("-" if m is None else f"{m['segmentation/mIoU@max']:.3f}" for m in vals) +
               f" | {mean} | " + " | ".join(per_class) + " |")
     print()
-    print("Teacher-student gaps (Eq. 8; feature / decoded / logit) at steps 100, 200, 300, mean of the seeds:")
+    print(f"Teacher-student gaps (Eq. 8; feature / decoded / logit) at steps {', '.join(map(str, steps))}, mean of "
+          "the seeds run (n):")
     print()
-    print("| run | val gap @100 | val gap @200 | val gap @300 | train gap @100 | train gap @200 | train gap @300 |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | n | " + " | ".join(f"val gap @{st}" for st in steps) + " | " +
+          " | ".join(f"train gap @{st}" for st in steps) + " |")
+    print("|---|---:|" + "---|" * 6)
     for n in names[1:]:
-        vg = [val_gaps(args.out, n, s) for s in seeds if final_metrics(run_dir(args.out, n, s))]
-        tg = [train_gaps(run_dir(args.out, n, s)) for s in seeds if final_metrics(run_dir(args.out, n, s))]
-        if len(vg) != len(seeds):
+        run = [s for s in seeds if final_metrics(run_dir(args.out, n, s))]
+        if not run:
             continue
+        vg = [val_gaps(args.out, n, s, t_seed(s), args.dataroot) for s in run]
+        tg = [train_gaps(run_dir(args.out, n, s), steps) for s in run]
 
         def fmt(gs, step):
             if not all(step in g for g in gs):
                 return "-"
             return " / ".join(f"{sum(g[step][lv] for g in gs) / len(gs):.2f}" for lv in LEVELS)
 
-        print(f"| {ROWS[n][0]} | " + " | ".join(fmt(vg, st) for st in (100, 200, 300)) + " | " +
-              " | ".join(fmt(tg, st) for st in (100, 200, 300)) + " |")
+        print(f"| {ROWS[n][0]} | {len(run)} | " + " | ".join(fmt(vg, st) for st in steps) + " | " +
+              " | ".join(fmt(tg, st) for st in steps) + " |")
 
 
 def cmd_bn_check(args) -> None:
@@ -210,7 +238,7 @@ def cmd_lidar_check(args) -> None:
     from bevbridge.geometry import BEVGrid
 
     grid = BEVGrid.square(50.0, 0.5)
-    ds = NuScenesDataset("data/synth", "v1.0-mini", "mini_train", cameras=("CAM_FRONT",), image_size=(144, 256),
+    ds = NuScenesDataset(str(args.dataroot or "data/synth"), "v1.0-mini", "mini_train", cameras=("CAM_FRONT",), image_size=(144, 256),
                          train=False, lidar_sweeps=1, map_grid=grid, map_classes=CLASSES)
     radius = np.hypot(*np.moveaxis(grid.cell_centres("cpu", torch.float64).numpy(), -1, 0))
     inten: dict[str, list] = {c: [] for c in (*CLASSES, "(no class: grass)", "(drivable only: asphalt)")}
@@ -248,6 +276,12 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--only", nargs="*", help="config names to run (default: all)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bridgeta_synth_exp")
+    p.add_argument("--dataroot", type=Path, help="the synthetic world (default: the configs' data/synth)")
+    p.add_argument("--steps", type=int, help="train.max_steps of every student row (a multiple of 3; default: the "
+                   "configs' 300)")
+    p.add_argument("--teacher-steps", type=int, help="train.max_steps of the teacher (default: the config's 300)")
+    p.add_argument("--teacher-seed", type=int, help="distil this seed's teacher in every seed's KD runs (default: "
+                   "the run's own seed)")
     args = p.parse_args()
     {"run": cmd_run, "report": cmd_report, "bn-check": cmd_bn_check, "lidar-check": cmd_lidar_check}[args.command](args)
 
