@@ -236,3 +236,24 @@ def test_nucleus_sampling_keeps_the_top_p_mass():
     assert counts[2:].sum() == 0  # 0.5 + 0.3 >= 0.75: tokens 2 and 3 are outside the nucleus
     assert counts[0].item() == pytest.approx(0.5 / 0.8, abs=0.03)
     assert (sample_top_p(probs[:3], 1e-6, g) == 0).all()  # a tiny nucleus is greedy
+
+
+# ------------------------------------------------------------------------------------------ loading side effects
+def test_loading_a_language_model_leaves_torch_device_contexts_working(tmp_path):
+    """Would catch: transformers' from_pretrained (which swaps torch.linspace for a CPU-defaulting wrapper while it
+    builds on the meta device) poisoning torch's once-per-process cache of the functions a ``torch.device``
+    context redirects, so that ``torch.linspace`` ignored ``with torch.device("meta")`` for the rest of the process
+    (BEVFormer's pillar heights then came out on the CPU and `bevbridge summary` of mta.yaml failed whenever a
+    language model had been loaded before: the order-dependent failure in tests/test_configs.py)."""
+    from torch.utils import _device
+
+    from bevbridge.models.language.text_encoder import TextEncoder
+    from tests.lm_tiny import tiny_lm_folder
+
+    folder = tiny_lm_folder(tmp_path / "lm")
+    for load in (lambda: load_lm(folder), TextEncoder):
+        _device._device_constructors.cache_clear()  # as in a fresh process: the load is the first to fill it
+        load()
+        with torch.device("meta"):
+            assert torch.linspace(0.0, 1.0, 3).device.type == "meta", load
+            assert torch.arange(3).device.type == "meta"

@@ -161,3 +161,29 @@ def test_bla_and_dca_are_training_only(lm_folder, tmp_path):
         assert torch.equal(x.scores, z.scores) and torch.equal(x.labels, z.labels)
         assert torch.equal(x.caption_boxes, z.caption_boxes)
         assert x.captions == y.captions == z.captions
+
+
+# --------------------------------------------------------------------------- starting from a trained BEVFormer
+@pytest.mark.parametrize("name", ["tod3cap", "tod3cap_stage2_caption", "mta", "tod3cap_synth", "mta_synth"])
+def test_init_prefix_map_puts_a_bevformer_checkpoint_on_every_detector_key(name):
+    """Would catch: a config whose init_prefix_map sends BEVFormer-tiny's keys where the model has none (MTA's
+    detector is ``captioner.detector.``, TOD3Cap's ``detector.``): load_pretrained is non-strict, so such a run
+    would silently train from a random detector while the log only warned about unexpected keys."""
+    from pathlib import Path
+
+    from bevbridge.config import load_config
+    from bevbridge.engine import build
+    from bevbridge.models.bevformer.model import BEVFormerModel
+    from bevbridge.weights import rename_prefixes
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "mta" / f"{name}.yaml")
+    with torch.device("meta"):
+        model = build.build_model(cfg, init=False)
+        detector = BEVFormerModel(cfg.model.detector)
+    file_keys = {k: tuple(v.shape) for k, v in detector.state_dict().items()}
+    renamed = rename_prefixes(file_keys, cfg.model.init_prefix_map)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert renamed.keys() <= own.keys(), sorted(renamed.keys() - own.keys())[:5]
+    assert all(own[k] == s for k, s in renamed.items())
+    sub = "captioner.detector." if cfg.model.kind == "mta" else "detector."
+    assert {k for k in own if k.startswith(sub)} == set(renamed)  # every detector weight comes from the file

@@ -22,6 +22,7 @@ from torch import nn
 from bevbridge.config.schema import ExperimentConfig
 from bevbridge.engine import build
 from bevbridge.models.freeze import frozen_modules
+from bevbridge.models.meta import reset_device_constructors
 
 __all__ = ["summarize", "format_summary", "count_parameters"]
 
@@ -89,6 +90,7 @@ def summarize(cfg: ExperimentConfig, device: str = "auto", flops: bool = True, c
     if device == "auto":
         device = "cpu" if Path(config_path).stem.endswith("_synth") else "meta"
     dev = torch.device(device)
+    reset_device_constructors()  # a transformers load may have left torch.linspace unredirected (models/meta.py)
     with dev:
         model = build.build_model(cfg, init=False)
     build.apply_freeze(model, cfg.model.freeze if cfg.model is not None else ())

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from bevbridge.models.language import smollm2
-from bevbridge.models.meta import on_meta_device
+from bevbridge.models.meta import hf_loading, on_meta_device
 
 __all__ = ["lm_config", "load_lm", "load_tokenizer", "check_llama_layout", "decoder_layers", "LMInfo"]
 
@@ -75,7 +75,8 @@ def load_lm(path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch
     folder = _resolve(path, prepare=True)
     t0 = time.perf_counter()
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        with hf_loading():
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as e:
         raise ValueError(f"model.lm.path {str(folder)!r}: cannot load a causal language model from it ({e})") \
             from None

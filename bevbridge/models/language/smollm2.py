@@ -143,7 +143,10 @@ def prepare(out: str | os.PathLike | None = None, wheel: str | os.PathLike | Non
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+        from bevbridge.models.meta import hf_loading
+
+        with hf_loading():
+            model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
         # a plain float32 checkpoint from here on: the same weights in a model whose config has no GGUF
         # quantisation entry (transformers refuses to save a "quantized" one), so loading never dequantises again
         cfg = model.config.to_dict()

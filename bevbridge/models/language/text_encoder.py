@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bevbridge.models.meta import on_meta_device
+from bevbridge.models.meta import hf_loading, on_meta_device
 
 __all__ = ["TextEncoder", "default_text_encoder_path"]
 
@@ -60,14 +60,20 @@ class TextEncoder(nn.Module):
             text_cfg = config.text_config if config.model_type == "clip" else config
             if config.model_type == "clip":
                 text_cfg = CLIPTextConfig(**{**text_cfg.to_dict(), "projection_dim": config.projection_dim})
-            self.model = (CLIPTextModelWithProjection(text_cfg) if on_meta_device() else
-                          CLIPTextModelWithProjection.from_pretrained(folder, local_files_only=True))
+            if on_meta_device():
+                self.model = CLIPTextModelWithProjection(text_cfg)
+            else:
+                with hf_loading():
+                    self.model = CLIPTextModelWithProjection.from_pretrained(folder, local_files_only=True)
             self.dim = int(text_cfg.projection_dim)
             self.max_length = int(text_cfg.max_position_embeddings)
         else:
             self._read_sentence_transformers_config(folder)
-            self.model = (AutoModel.from_config(config) if on_meta_device() else
-                          AutoModel.from_pretrained(folder, local_files_only=True))
+            if on_meta_device():
+                self.model = AutoModel.from_config(config)
+            else:
+                with hf_loading():
+                    self.model = AutoModel.from_pretrained(folder, local_files_only=True)
             self.dim = int(config.hidden_size)
         self.tokenizer = None if on_meta_device() else AutoTokenizer.from_pretrained(folder, local_files_only=True)
         self.model.eval()
