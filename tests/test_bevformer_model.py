@@ -50,6 +50,27 @@ def test_bevformer_tiny_parameters_part_by_part():
     assert round(count(m) / 1e6, 1) == 33.5  # MTA rounds to 33.6M
 
 
+def test_summary_of_bevformer_tiny_prints_the_published_count_part_by_part():
+    """`bevbridge summary configs/bevformer/bevformer_tiny.yaml` (on meta): each top-level row is the sum of the parts
+    counted above (encoder = 3 layers + BEV queries + positional encoding + CAN-bus MLP + level/camera embeddings;
+    head = 6 branches + object queries + reference points), 33,521,147 in all, and the frozen share is the public
+    config's: ResNet-50 stem + stage 1 (frozen_stages=1: 225,344) plus the BatchNorm affine parameters of stages
+    2-4 (norm_cfg requires_grad=False: 50,176). Would catch: a summary that drops or double-counts a module, a
+    frozen_stages off by one, BatchNorm weights left trainable (or the whole backbone frozen), the total printed
+    wrongly."""
+    from bevbridge.engine.summary import format_summary, summarize
+
+    report = summarize(load_config(f"{CFG}/bevformer_tiny.yaml"), device="meta", flops=False)
+    rows = report["parameters"]
+    both = {k: v["trainable"] + v["frozen"] for k, v in rows.items()}
+    assert both == {"image_backbone": 23_508_032, "image_neck": 1_114_624,
+                    "encoder": 3 * 675_456 + 640_000 + 12_800 + 35_968 + 2_560,
+                    "decoder": 6 * 683_872, "head": 6 * 269_332 + 460_800 + 771, "(total)": 33_521_147}
+    assert rows["image_backbone"]["frozen"] == 225_344 + 50_176 == rows["(total)"]["frozen"]
+    text = format_summary(report)
+    assert "33,521,147" in text and "(33.52M)" in text
+
+
 def small(*overrides: str) -> BEVFormerModel:
     """The synthetic-world tiny model, smaller still for unit tests."""
     return build("bevformer_tiny_synth", "model.image.backbone=resnet10t", "model.encoder.layers=1",
