@@ -173,3 +173,18 @@ def test_v2_options_train_end_to_end(name, overrides):
         out = model(batch)
     assert out["det"]["cls_scores"].shape[2] == K + 12 and "aux_det" not in out
     assert len(model.predict(out, batch)) == 2
+
+
+def test_two_stage_forward_runs_under_bf16_autocast():
+    """The engine runs forward under autocast (engine/train_step.py): the proposal selection must not (it computes
+    focal lengths with torch.linalg.det, which has no bfloat16 kernel: "lu_cpu" not implemented for 'BFloat16',
+    seen in tests/test_configs.py on a CPU with native bf16). Would catch: the selection run in bf16 again, on any CPU
+    (autocast is forced here, emulated or not)."""
+    model = small_v2("bevformer_v2_two_stage_synth", "model.two_stage.num_proposals=8",
+                     "model.two_stage.pre_nms=40").eval()
+    batch = collate([random_sample(needs_of(model), 3, i, num_boxes=8) for i in range(2)])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    ref = out["proposals"]["reference"]
+    assert ref.dtype == torch.float32 and ref.shape == (2, 8, 3) and ((ref >= 0) & (ref <= 1)).all()
+    assert torch.isfinite(out["proposals"]["boxes"]).all()
