@@ -50,6 +50,27 @@ def test_bevformer_tiny_parameters_part_by_part():
     assert round(count(m) / 1e6, 1) == 33.5  # MTA rounds to 33.6M
 
 
+def test_summary_of_bevformer_tiny_prints_the_published_count_part_by_part():
+    """`bevbridge summary configs/bevformer/bevformer_tiny.yaml` (on meta): each top-level row is the sum of the parts
+    counted above (encoder = 3 layers + BEV queries + positional encoding + CAN-bus MLP + level/camera embeddings;
+    head = 6 branches + object queries + reference points), 33,521,147 in all, and the frozen share is the public
+    config's: ResNet-50 stem + stage 1 (frozen_stages=1: 225,344) plus the BatchNorm affine parameters of stages
+    2-4 (norm_cfg requires_grad=False: 50,176). Would catch: a summary that drops or double-counts a module, a
+    frozen_stages off by one, BatchNorm weights left trainable (or the whole backbone frozen), the total printed
+    wrongly."""
+    from bevbridge.engine.summary import format_summary, summarize
+
+    report = summarize(load_config(f"{CFG}/bevformer_tiny.yaml"), device="meta", flops=False)
+    rows = report["parameters"]
+    both = {k: v["trainable"] + v["frozen"] for k, v in rows.items()}
+    assert both == {"image_backbone": 23_508_032, "image_neck": 1_114_624,
+                    "encoder": 3 * 675_456 + 640_000 + 12_800 + 35_968 + 2_560,
+                    "decoder": 6 * 683_872, "head": 6 * 269_332 + 460_800 + 771, "(total)": 33_521_147}
+    assert rows["image_backbone"]["frozen"] == 225_344 + 50_176 == rows["(total)"]["frozen"]
+    text = format_summary(report)
+    assert "33,521,147" in text and "(33.52M)" in text
+
+
 def small(*overrides: str) -> BEVFormerModel:
     """The synthetic-world tiny model, smaller still for unit tests."""
     return build("bevformer_tiny_synth", "model.image.backbone=resnet10t", "model.encoder.layers=1",
@@ -152,3 +173,18 @@ def test_v2_options_train_end_to_end(name, overrides):
         out = model(batch)
     assert out["det"]["cls_scores"].shape[2] == K + 12 and "aux_det" not in out
     assert len(model.predict(out, batch)) == 2
+
+
+def test_two_stage_forward_runs_under_bf16_autocast():
+    """The engine runs forward under autocast (engine/train_step.py): the proposal selection must not (it computes
+    focal lengths with torch.linalg.det, which has no bfloat16 kernel: "lu_cpu" not implemented for 'BFloat16',
+    seen in tests/test_configs.py on a CPU with native bf16). Would catch: the selection run in bf16 again, on any CPU
+    (autocast is forced here, emulated or not)."""
+    model = small_v2("bevformer_v2_two_stage_synth", "model.two_stage.num_proposals=8",
+                     "model.two_stage.pre_nms=40").eval()
+    batch = collate([random_sample(needs_of(model), 3, i, num_boxes=8) for i in range(2)])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    ref = out["proposals"]["reference"]
+    assert ref.dtype == torch.float32 and ref.shape == (2, 8, 3) and ((ref >= 0) & (ref <= 1)).all()
+    assert torch.isfinite(out["proposals"]["boxes"]).all()

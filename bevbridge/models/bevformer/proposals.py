@@ -104,7 +104,10 @@ class ProposalQueries(nn.Module):
         return e[..., : self.C], e[..., self.C:]
 
     def forward(self, out: dict, pers: PerspectiveLoss, K, sensor2ego, ida, bda, cam_mask) -> dict:
-        boxes, scores = self.select(out, pers, K, sensor2ego, ida, bda, cam_mask)
+        # the selection is geometry (determinants, inverses, decoding through K and sensor2ego): float32 whatever
+        # the autocast around the forward (under bf16 autocast, torch.linalg.det of a matmul's bf16 output raised)
+        with torch.autocast(device_type=K.device.type, enabled=False):
+            boxes, scores = self.select(out, pers, K, sensor2ego, ida, bda, cam_mask)
         ref = centres_to_reference(boxes[..., :3], self.grid, self.z_range)
         pos, query = self.embed(ref)
         return {"query_pos": pos, "query": query, "reference": ref, "boxes": boxes, "scores": scores}
