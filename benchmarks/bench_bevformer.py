@@ -18,12 +18,13 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_case import REPO, run_case, small_world_overrides  # noqa: E402
+
 PAPER = ["bevformer_v2_r101_pers_bev"]
 SYNTH = ["bevformer_tiny_synth", "bevformer_v2_bev_only_synth", "bevformer_v2_bev_bev_synth",
          "bevformer_v2_pers_bev_synth", "bevformer_v2_two_stage_synth"]
@@ -33,23 +34,18 @@ def _case(args: argparse.Namespace) -> dict:
     import torch
 
     from bevbridge.config import load_config
-    from bevbridge.data import synth
     from bevbridge.data.batch import collate
     from bevbridge.data.nuscenes import NuScenesDataset
     from bevbridge.engine import build
 
     torch.set_num_threads(args.threads)
-    root = Path(args.dataroot)
-    if not synth.is_complete(root, scenes=3, samples_per_scene=12):
-        synth.generate(root, scenes=3, samples_per_scene=12)
-    overrides = [f"data.dataroot={root}", "data.version=v1.0-mini", "data.train_split=synth_train",
-                 "data.val_split=synth_val", "data.num_workers=0", *args.override]
+    overrides = [*small_world_overrides(args.dataroot), *args.override]
     cfg = load_config(REPO / "configs" / "bevformer" / f"{args.config}.yaml", overrides)
     torch.manual_seed(0)
     model = build.build_model(cfg)
     needs = model.data_needs()
     opts = build.dataset_options(cfg.data, needs, train=args.mode == "train")
-    ds = NuScenesDataset(root, cfg.data.version, cfg.data.train_split if args.mode == "train" else cfg.data.val_split,
+    ds = NuScenesDataset(cfg.data.dataroot, cfg.data.version, cfg.data.train_split if args.mode == "train" else cfg.data.val_split,
                          **opts)
     n = cfg.data.batch_size if args.mode == "train" else 1
     batch = collate([ds[(len(ds) - 1 - i) % len(ds)] for i in range(n)])
@@ -108,13 +104,9 @@ def main() -> None:
         cases.append((name, mode))
     rows = []
     for name, mode in cases:
-        cmd = [sys.executable, __file__, "--mode", mode, "--config", name, "--repeats", str(args.repeats),
-               "--threads", str(args.threads), "--dataroot", args.dataroot, "--override", *args.override]
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO),
-                                                                       "BEVBRIDGE_NO_PROGRESS": "1"})
-        if out.returncode != 0:
-            sys.exit(f"case {name} {mode} failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(run_case(__file__, ["--mode", mode, "--config", name, "--repeats", str(args.repeats),
+                                        "--threads", str(args.threads), "--dataroot", args.dataroot,
+                                        "--override", *args.override], f"{name} {mode}"))
     print(f"BEVFormer on this machine (load average {os.getloadavg()[0]:.1f} at the end; {args.threads} threads)")
     print("| config | pass | images (B, N, 3, H, W) | past frames | params | wall s (median) | runs | CPU s "
           "(median) | peak RSS MB | after build MB |")

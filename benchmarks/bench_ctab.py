@@ -16,28 +16,24 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_case import REPO, run_case, small_world_overrides  # noqa: E402
+
 
 
 def _case(args: argparse.Namespace) -> dict:
     import torch
 
     from bevbridge.config import load_config
-    from bevbridge.data import synth
     from bevbridge.data.batch import collate
     from bevbridge.engine import build
 
     torch.set_num_threads(args.threads)
-    root = Path(args.dataroot)
-    if not synth.is_complete(root, scenes=3, samples_per_scene=12):
-        synth.generate(root, scenes=3, samples_per_scene=12)
-    overrides = [f"data.dataroot={root}", "data.version=v1.0-mini", "data.train_split=synth_train",
-                 "data.val_split=synth_val", f"model.depth.num_past_frames={args.past}", "data.num_workers=0"]
+    overrides = [*small_world_overrides(args.dataroot), f"model.depth.num_past_frames={args.past}"]
     cfg = load_config(REPO / "configs" / "ctab" / f"{args.config}.yaml", overrides)
     model = build.build_model(cfg)
     _, val = build.build_datasets(cfg.data, model.data_needs(), train=False)
@@ -82,13 +78,9 @@ def main() -> None:
         return
     rows = []
     for mode in ["forward"] + (["train"] if args.train else []):
-        cmd = [sys.executable, __file__, "--mode", mode, "--config", args.config, "--past", str(args.past),
-               "--repeats", str(args.repeats), "--threads", str(args.threads), "--dataroot", args.dataroot]
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO),
-                                                                       "BEVBRIDGE_NO_PROGRESS": "1"})
-        if out.returncode != 0:
-            sys.exit(f"case {mode} failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(run_case(__file__, ["--mode", mode, "--config", args.config, "--past", str(args.past),
+                                        "--repeats", str(args.repeats), "--threads", str(args.threads),
+                                        "--dataroot", args.dataroot], mode))
     load = os.getloadavg()[0]
     print(f"CTAB paper scale on this machine (load average {load:.1f}; {rows[0]['threads']} threads; "
           f"images {rows[0]['images']}; {rows[0]['params_m']}M parameters)")
