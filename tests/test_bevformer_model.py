@@ -104,18 +104,24 @@ def test_history_is_rebuilt_per_sample_and_batches_do_not_mix():
     assert (without - alone0).abs().max() > 1e-3
 
 
-def test_training_step_reaches_every_parameter_and_exposes_what_mta_needs():
-    """Forward + loss + backward on a random batch: a finite loss, a gradient for every trainable parameter; the
-    outputs MTA builds on (BEV [B, C, H, W], object-query embeddings [L, B, Nq, C]) and ``match`` giving each GT box
-    one distinct query, the same assignment the loss uses."""
-    model = small().train()
-    batch = collate([random_sample(needs_of(model), 0, i) for i in range(2)])
+def _train_step(model, batch):
+    """Forward + loss + backward; asserts a finite loss and a gradient for every trainable parameter."""
     out = model(batch)
     losses = model.loss(out, batch)
     assert torch.isfinite(losses["loss"])
     losses["loss"].backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing
+    return out, losses
+
+
+def test_training_step_reaches_every_parameter_and_exposes_what_mta_needs():
+    """Forward + loss + backward on a random batch: a finite loss, a gradient for every trainable parameter; the
+    outputs MTA builds on (BEV [B, C, H, W], object-query embeddings [L, B, Nq, C]) and ``match`` giving each GT box
+    one distinct query, the same assignment the loss uses."""
+    model = small().train()
+    batch = collate([random_sample(needs_of(model), 0, i) for i in range(2)])
+    out, losses = _train_step(model, batch)
     C = model.cfg.encoder.embed_dims
     assert out["bev"].shape == (2, C, 16, 16)
     assert out["det"]["query_feats"].shape == (2, 2, 20, C)
@@ -155,12 +161,7 @@ def test_v2_options_train_end_to_end(name, overrides):
     finite loss, every trainable parameter reached, and predictions from the first group only."""
     model = small_v2(name, *overrides).train()
     batch = collate([random_sample(needs_of(model), 3, i, num_boxes=8) for i in range(2)])
-    out = model(batch)
-    losses = model.loss(out, batch)
-    assert torch.isfinite(losses["loss"])
-    losses["loss"].backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, missing
+    out, losses = _train_step(model, batch)
     cfg = model.cfg
     K = cfg.two_stage.num_proposals if cfg.two_stage else 0
     assert out["det"]["cls_scores"].shape[2] == cfg.decoder.groups * (K + 12)
