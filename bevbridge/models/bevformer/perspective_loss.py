@@ -32,12 +32,9 @@ __all__ = ["PerspectiveLoss", "giou_loss_ltrb", "focal_length"]
 
 
 def focal_length(K: torch.Tensor, ida: torch.Tensor) -> torch.Tensor:
-    """``[...]`` focal length of the network input in pixels: ``|det(ida[:2, :2] K[:2, :2])|^0.5``, in float32 with
-    autocast off (the two-stage proposals decode depths in the forward, under autocast, where a bf16 matmul would
-    cost the focal length ~3 significant bits and ``det`` has no bf16 kernel)."""
-    with torch.autocast(device_type=K.device.type, enabled=False):
-        m = ida[..., :2, :2].float() @ K[..., :2, :2].float()
-        return (m[..., 0, 0] * m[..., 1, 1] - m[..., 0, 1] * m[..., 1, 0]).abs().sqrt()
+    """``[...]`` focal length of the network input in pixels: ``|det(ida[:2, :2] K[:2, :2])|^0.5``. Both callers run
+    it with autocast off (the loss, and the two-stage proposal selection: ``ProposalQueries.forward``)."""
+    return torch.linalg.det(ida[..., :2, :2] @ K[..., :2, :2]).abs().sqrt()
 
 
 def giou_loss_ltrb(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
