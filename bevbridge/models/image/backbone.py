@@ -19,6 +19,12 @@ from bevbridge.models.meta import on_meta_device
 __all__ = ["ImageBackbone"]
 
 
+def _num_feature_levels(name: str) -> int:
+    """How many feature levels timm's ``features_only`` model ``name`` has (built on the meta device: no weights)."""
+    with torch.device("meta"):
+        return len(timm.create_model(name, features_only=True).feature_info.info)
+
+
 class ImageBackbone(nn.Module):
     """``forward(images uint8|float [B, N, 3, H, W]) -> list of [B*N, C_i, H/s_i, W/s_i]`` (cameras folded into B).
 
@@ -49,8 +55,13 @@ class ImageBackbone(nn.Module):
             raise FileNotFoundError(f"image backbone weights not found: {pretrained_path} "
                                     f"(model.image.pretrained_path must name a local file; nothing is downloaded)")
         overlay = {"file": str(pretrained_path)} if pretrained_path else None
-        self.net = timm.create_model(name, pretrained=pretrained_path is not None, pretrained_cfg_overlay=overlay,
-                                     features_only=True, out_indices=out_indices, **timm_kwargs)
+        try:
+            self.net = timm.create_model(name, pretrained=pretrained_path is not None, pretrained_cfg_overlay=overlay,
+                                         features_only=True, out_indices=out_indices, **timm_kwargs)
+        except IndexError as err:  # timm's own message is a bare "list index out of range"
+            raise ValueError(f"image backbone {name!r}: out_indices {tuple(out_indices)} asks for a feature level it "
+                             f"does not have; its timm feature indices are 0..{_num_feature_levels(name) - 1} "
+                             f"(model.image.out_indices)") from err
         self.channels: list[int] = list(self.net.feature_info.channels())
         self.strides: list[int] = list(self.net.feature_info.reduction())
         cfg = self.net.pretrained_cfg
