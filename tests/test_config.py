@@ -36,6 +36,21 @@ def test_base_inheritance_merges_sections(cfgdir):
     assert cfg.data.batch_size == 4
 
 
+def test_delete_key_replaces_the_parents_mapping_instead_of_merging(cfgdir):
+    """``_delete_: true`` (mmcv's convention): the child's mapping replaces the parent's. Catches the flag being
+    ignored (the parent's prefix would survive the merge), the flag itself leaking into the schema (an unknown-key
+    error), and a merge without the flag being turned into a replacement."""
+    write(cfgdir / "base.yaml", "optim:\n  lr: 1.0e-3\n  lr_mult: {a.: 0.1, b.: 2.0}\n")
+    write(cfgdir / "merge.yaml", "_base_: base.yaml\noptim:\n  lr_mult: {c.: 3.0}\n")
+    write(cfgdir / "replace.yaml", "_base_: base.yaml\noptim:\n  lr_mult: {_delete_: true, c.: 3.0}\n")
+    write(cfgdir / "bad.yaml", "_base_: base.yaml\noptim:\n  lr_mult: {_delete_: yes please}\n")
+    assert load_config(cfgdir / "merge.yaml").optim.lr_mult == {"a.": 0.1, "b.": 2.0, "c.": 3.0}
+    replaced = load_config(cfgdir / "replace.yaml").optim
+    assert replaced.lr_mult == {"c.": 3.0} and replaced.lr == 1e-3  # only that mapping is replaced
+    with pytest.raises(ConfigError, match=r"optim\.lr_mult\._delete_' must be true"):
+        load_config(cfgdir / "bad.yaml")
+
+
 def test_base_chain_and_cycle(tmp_path):
     write(tmp_path / "a.yaml", "_base_: b.yaml\n")
     write(tmp_path / "b.yaml", "_base_: a.yaml\n")

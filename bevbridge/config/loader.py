@@ -1,7 +1,9 @@
 """Typed experiment configuration: nested dataclasses <- YAML, with `_base_` inheritance and dotted overrides.
 
 A config file is YAML. It may name ONE parent with ``_base_: relative/or/absolute/path.yaml``; the child is
-deep-merged over the parent (mappings merge key by key, anything else replaces). Overrides from the command line
+deep-merged over the parent (mappings merge key by key, anything else replaces; a mapping that holds
+``_delete_: true`` replaces the parent's mapping instead of merging into it, as in mmcv: e.g.
+``lr_mult: {_delete_: true, captioner.x: 2.0}`` drops the parent's prefixes). Overrides from the command line
 are ``dotted.key=value`` strings applied last::
 
     cfg = load_config("configs/x.yaml", ["optim.lr=2e-4", "data.batch_size=2"])
@@ -45,6 +47,7 @@ __all__ = [
 
 T = TypeVar("T")
 BASE_KEY = "_base_"
+DELETE_KEY = "_delete_"
 
 
 class ConfigError(ValueError):
@@ -95,7 +98,13 @@ def _merge_into(dst: dict, src: Mapping, prov: dict[str, str], source: str, pref
         if key == BASE_KEY:
             raise ConfigError(f"{source}: `_base_` is only allowed at the top level (found under '{prefix}')")
         kp = f"{prefix}{key}"
-        if isinstance(value, Mapping) and isinstance(dst.get(key), dict):
+        replace = isinstance(value, Mapping) and DELETE_KEY in value
+        if replace:
+            if value[DELETE_KEY] is not True:
+                raise ConfigError(f"{source}: '{kp}.{DELETE_KEY}' must be true (it replaces the parent's '{kp}' "
+                                  f"instead of merging into it), got {value[DELETE_KEY]!r}")
+            value = {k: v for k, v in value.items() if k != DELETE_KEY}
+        if isinstance(value, Mapping) and isinstance(dst.get(key), dict) and not replace:
             _merge_into(dst[key], value, prov, source, kp + ".")
         else:
             dst[key] = _copy_tree(value)
@@ -105,8 +114,8 @@ def _merge_into(dst: dict, src: Mapping, prov: dict[str, str], source: str, pref
 
 
 def _copy_tree(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _copy_tree(v) for k, v in value.items()}
+    if isinstance(value, Mapping):  # a `_delete_` below a replaced or new mapping has nothing to replace
+        return {k: _copy_tree(v) for k, v in value.items() if k != DELETE_KEY}
     if isinstance(value, list):
         return [_copy_tree(v) for v in value]
     return value
