@@ -61,7 +61,7 @@ class ImageBackbone(nn.Module):
         except IndexError as err:  # timm's own message is a bare "list index out of range"
             raise ValueError(f"image backbone {name!r}: out_indices {tuple(out_indices)} asks for a feature level it "
                              f"does not have; its timm feature indices are 0..{_num_feature_levels(name) - 1} "
-                             f"(model.image.out_indices)") from err
+                             f"(model.image.out_indices; BEVFusion: model.camera.out_indices)") from err
         self.channels: list[int] = list(self.net.feature_info.channels())
         self.strides: list[int] = list(self.net.feature_info.reduction())
         cfg = self.net.pretrained_cfg
