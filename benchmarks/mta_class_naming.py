@@ -55,8 +55,9 @@ class _Tally:
         self.right: collections.Counter = collections.Counter()  # per GT class: captions naming it
 
     def add(self, caption: str, gt_caption: str, label: int, det_label: int | None = None) -> None:
-        self.ok += names_exactly(caption, label)
-        self.right[label] += names_exactly(caption, label)
+        hit = names_exactly(caption, label)
+        self.ok += hit
+        self.right[label] += hit
         self.ok_gt += names_exactly(gt_caption, label)
         self.det_ok += det_label is not None and det_label == label
         self.labels[label] += 1

@@ -1,9 +1,10 @@
 """benchmarks/mta_class_naming.py's ``detected`` measurement must count the same GT objects as the evaluator's
 ``class_named@k`` (bevbridge/eval/captioning.py), with the detection each is assigned to.
 
-Bugs this catches: assigning each detection to its best GT instead of each GT to its best detection (TOD3Cap's
-released direction, not the m@IoU one), taking IoU >= k instead of > k, mixing detections of different samples,
-or returning the index of the detection within its sample instead of within the top-k list.
+Bugs this catches (each made it fail when injected): assigning each detection to its best GT instead of each GT to
+its best detection (TOD3Cap's released direction, not the m@IoU one), comparing against the wrong threshold, mixing
+detections of different samples, or returning the index of the detection within its sample instead of within the
+top-k list. (IoU >= k instead of > k is not caught: continuous IoUs never equal k here.)
 """
 
 from __future__ import annotations
