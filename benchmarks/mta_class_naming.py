@@ -9,7 +9,9 @@ captions, "names" = names exactly the GT object's class and no other (``bevbridg
   class label is the GT class (the detector's answer for the same objects).
 - ``hungarian``: the decoder queries Hungarian-matched to the GT boxes (``detector.match``, the objects the caption
   branch trains on; ``--per-sample`` of them per sample, a random subset), whether or not the detector found them:
-  this measures the caption branch even when the detector localises few objects.
+  this measures the caption branch even when the detector localises few objects. Reported beside it: how often the
+  detector's own classifier (the argmax of the query's last-layer class logits) names the GT class of the same
+  query, i.e. how much class information the object embedding carries for a classifier trained on it.
 
 References: the GT captions of the same objects, and the share of the most common class among them (what a
 captioner that always names one class would score).
@@ -131,9 +133,10 @@ def main(argv: list[str] | None = None) -> dict:
                 emb = gather_objects(out["det"], objs)
                 visual, _ = head.encode(out["bev"], emb["box_code"], emb["query"], objs.sample)
                 captions = head.generate(visual, greedy=True)
-                for s, g, c in zip(objs.sample.tolist(), objs.gt.tolist(), captions):
+                det_labels = emb["cls_logits"].argmax(-1).tolist()  # the detector's own class for the same query
+                for s, g, c, dl in zip(objs.sample.tolist(), objs.gt.tolist(), captions, det_labels):
                     label = int(batch.gt_labels[s][g])
-                    hung.add(c, batch.captions[s][g], label)
+                    hung.add(c, batch.captions[s][g], label, dl)
                     if len(examples) < 6:
                         examples.append({"gt_class": DETECTION_CLASSES[label], "caption": c,
                                          "gt_caption": batch.captions[s][g]})
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
                         if iou > k:
                             tally.add(captions[where[j]], batch.captions[s][g], int(batch.gt_labels[s][g]), det_label)
     result = {"checkpoint": str(source),
-              "hungarian": {"per_sample": args.per_sample, **hung.summary(), "examples": examples},
+              "hungarian": {"per_sample": args.per_sample, **hung.summary(with_detector=True), "examples": examples},
               "detected": {"topk": args.topk, "num_gt": num_gt,
                            **{f"iou>{k:g}": t.summary(with_detector=True) for k, t in detected.items()}}
               if args.topk > 0 else None}
