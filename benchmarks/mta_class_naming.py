@@ -12,12 +12,16 @@ captions, "names" = names exactly the GT object's class and no other (``bevbridg
   this measures the caption branch even when the detector localises few objects. Reported beside it: how often the
   detector's own classifier (the argmax of the query's last-layer class logits) names the GT class of the same
   query, i.e. how much class information the object embedding carries for a classifier trained on it.
+  ``--detector-only`` reports only that (no captions, so any BEVFormer-tiny checkpoint: pass it as
+  ``model.init_from=...`` instead of ``--ckpt``; use a large ``--per-sample`` to count every matched query).
 
 References: the GT captions of the same objects, and the share of the most common class among them (what a
 captioner that always names one class would score).
 
     python benchmarks/mta_class_naming.py configs/mta/tod3cap_synth.yaml --ckpt runs/<run> [--per-sample 4] \
         [--topk 64] [key=value ...]
+    python benchmarks/mta_class_naming.py configs/mta/tod3cap_synth.yaml --detector-only --per-sample 1000 \
+        model.init_from=runs/bevformer_tiny_synth/checkpoints/step_00000600/model.safetensors
 
 ``data.val_split=mini_train`` measures the training samples instead (without augmentation): memorised vs general.
 
@@ -37,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bevbridge.config import load_config  # noqa: E402
 from bevbridge.data.batch import DETECTION_CLASSES, collate  # noqa: E402
 from bevbridge.engine import build  # noqa: E402
 from bevbridge.engine.commands import _load_for_inference  # noqa: E402
@@ -55,6 +60,7 @@ class _Tally:
         self.labels: collections.Counter = collections.Counter()
         self.named_as: collections.Counter = collections.Counter()
         self.right: collections.Counter = collections.Counter()  # per GT class: captions naming it
+        self.det_right: collections.Counter = collections.Counter()  # per GT class: detector labels equal to it
 
     def add(self, caption: str, gt_caption: str, label: int, det_label: int | None = None) -> None:
         hit = names_exactly(caption, label)
@@ -62,6 +68,7 @@ class _Tally:
         self.right[label] += hit
         self.ok_gt += names_exactly(gt_caption, label)
         self.det_ok += det_label is not None and det_label == label
+        self.det_right[label] += det_label is not None and det_label == label
         self.labels[label] += 1
         self.named_as["+".join(DETECTION_CLASSES[i] for i in sorted(named_classes(caption))) or "(none)"] += 1
         self.n += 1
@@ -75,7 +82,15 @@ class _Tally:
                "per_gt_class": {DETECTION_CLASSES[c]: f"{self.right[c]}/{k}" for c, k in self.labels.most_common()}}
         if with_detector:
             out["detector_label_is_gt_class"] = self.det_ok / n
+            out["detector_per_gt_class"] = {DETECTION_CLASSES[c]: f"{self.det_right[c]}/{k}"
+                                            for c, k in self.labels.most_common()}
         return out
+
+    def detector_summary(self) -> dict:
+        """The detector's figures alone (``--detector-only``: no captions were generated)."""
+        full = self.summary(with_detector=True)
+        return {k: full[k] for k in ("objects", "majority_class_share", "majority_class",
+                                     "detector_label_is_gt_class", "detector_per_gt_class")}
 
 
 def detected_objects(out: dict, batch, topk: int, thresholds=IOU_THRESHOLDS) -> tuple[list[tuple], object, dict]:
@@ -103,15 +118,29 @@ def detected_objects(out: dict, batch, topk: int, thresholds=IOU_THRESHOLDS) -> 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config")
-    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--ckpt", help="the TOD3Cap/MTA checkpoint (required unless --detector-only)")
+    ap.add_argument("--detector-only", action="store_true",
+                    help="only the detector's own class for the Hungarian-matched queries: no captions; without "
+                         "--ckpt the model is built with its init (model.init_from), e.g. from a BEVFormer run")
     ap.add_argument("--per-sample", type=int, default=4, help="matched objects captioned per sample (random subset)")
     ap.add_argument("--topk", type=int, default=64, help="detections per sample for the 'detected' measurement "
                     "(the paper's inference top-k); 0 skips it")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_intermixed_args(argv)
-    cfg, model, device, source = _load_for_inference(argparse.Namespace(config=args.config, ckpt=args.ckpt,
-                                                                        overrides=args.overrides))
+    if args.ckpt is None and not args.detector_only:
+        ap.error("--ckpt is required (the captioner's weights) unless --detector-only")
+    if args.detector_only:
+        args.topk = 0
+    if args.ckpt is None:
+        cfg = load_config(args.config, args.overrides)
+        if cfg.model.init_from is None:
+            ap.error("--detector-only without --ckpt needs model.init_from=<detector checkpoint>")
+        model, device = build.build_model(cfg, init=True), torch.device("cpu")
+        source = cfg.model.init_from
+    else:
+        cfg, model, device, source = _load_for_inference(argparse.Namespace(config=args.config, ckpt=args.ckpt,
+                                                                            overrides=args.overrides))
     model.eval()
     captioner = getattr(model, "captioner", model)
     _, val_set = build.build_datasets(cfg.data, model.data_needs(), train=False)
@@ -131,13 +160,16 @@ def main(argv: list[str] | None = None) -> dict:
             objs = matched_objects(captioner.detector.match(out, batch), args.per_sample, generator=gen)
             if len(objs):
                 emb = gather_objects(out["det"], objs)
-                visual, _ = head.encode(out["bev"], emb["box_code"], emb["query"], objs.sample)
-                captions = head.generate(visual, greedy=True)
+                if args.detector_only:
+                    captions = [""] * len(objs)
+                else:
+                    visual, _ = head.encode(out["bev"], emb["box_code"], emb["query"], objs.sample)
+                    captions = head.generate(visual, greedy=True)
                 det_labels = emb["cls_logits"].argmax(-1).tolist()  # the detector's own class for the same query
                 for s, g, c, dl in zip(objs.sample.tolist(), objs.gt.tolist(), captions, det_labels):
                     label = int(batch.gt_labels[s][g])
                     hung.add(c, batch.captions[s][g], label, dl)
-                    if len(examples) < 6:
+                    if len(examples) < 6 and not args.detector_only:
                         examples.append({"gt_class": DETECTION_CLASSES[label], "caption": c,
                                          "gt_caption": batch.captions[s][g]})
             if args.topk > 0:
@@ -154,7 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
                         if iou > k:
                             tally.add(captions[where[j]], batch.captions[s][g], int(batch.gt_labels[s][g]), det_label)
     result = {"checkpoint": str(source),
-              "hungarian": {"per_sample": args.per_sample, **hung.summary(with_detector=True), "examples": examples},
+              "hungarian": {"per_sample": args.per_sample,
+                            **(hung.detector_summary() if args.detector_only else hung.summary(with_detector=True)),
+                            "examples": examples},
               "detected": {"topk": args.topk, "num_gt": num_gt,
                            **{f"iou>{k:g}": t.summary(with_detector=True) for k, t in detected.items()}}
               if args.topk > 0 else None}

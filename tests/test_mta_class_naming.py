@@ -88,3 +88,22 @@ def test_detected_objects_are_the_evaluators_matched_gt_objects():
         for b, g, iou, label, j in found:
             assert kept[(b, g)][0] == j and np.isclose(iou, kept[(b, g)][1])
             assert int(objs.sample[j]) == b and label == int(objs.label[j])
+
+
+def test_tally_counts_the_detector_label_against_the_gt_class_not_the_caption():
+    """The detector's figures compare its label with the GT class, per GT class. Catches comparing the detector's
+    label with the class the caption names instead (1/3 here), or counting a caption hit as a detector hit."""
+    naming = _script()
+    from bevbridge.data.batch import DETECTION_CLASSES
+
+    car, ped = DETECTION_CLASSES.index("car"), DETECTION_CLASSES.index("pedestrian")
+    t = naming._Tally()
+    t.add("a pedestrian walking", "a car parked", car, det_label=car)  # caption wrong, detector right
+    t.add("a car parked", "a car parked", car, det_label=ped)  # caption right, detector wrong
+    t.add("a pedestrian walking", "a pedestrian walking", ped, det_label=ped)  # both right
+    s = t.summary(with_detector=True)
+    assert s["names_gt_class"] == 2 / 3 and s["detector_label_is_gt_class"] == 2 / 3
+    assert s["detector_per_gt_class"] == {"car": "1/2", "pedestrian": "1/1"}
+    assert s["per_gt_class"] == {"car": "1/2", "pedestrian": "1/1"}
+    only = t.detector_summary()
+    assert "names_gt_class" not in only and only["detector_label_is_gt_class"] == 2 / 3
