@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import torch
+from torch import nn
 from safetensors.torch import save_file
 
 from bevbridge.engine import checkpoint as ckpt_mod
@@ -82,6 +83,30 @@ def test_init_from_with_prefix_map_reports_missing_and_unexpected(tmp_path, capl
     assert rep.missing == ["head.bias"] and rep.mismatched[0].startswith("head.weight (file (3, 16)")
     assert "image_backbone.weight" in rep.loaded and "missing keys: head.bias" in caplog.text
     assert "unexpected keys: extra.weight" in caplog.text
+
+
+def test_init_from_does_not_report_the_rebuilt_frozen_modules_as_missing(tmp_path, caplog):
+    """A checkpoint leaves out a frozen module rebuilt from its own files (the captioner's language model): loading
+    it must not warn about those keys, but must still report a key that is genuinely missing, and must still list
+    the keys of a frozen module that checkpoints do keep. Catches: the exclusion dropped (hundreds of LM keys in a
+    warning on every caption-stage continuation), or applied to every frozen module / every key (a frozen detector
+    silently left at its init)."""
+    from bevbridge.models.freeze import checkpoint_state_dict, freeze
+
+    def build():
+        m = nn.ModuleDict({"lm": nn.Linear(4, 4), "detector": nn.Linear(4, 3), "head": nn.Linear(3, 2)})
+        freeze(m["lm"], in_checkpoint=False)
+        freeze(m["detector"])
+        return m
+
+    state = checkpoint_state_dict(build())
+    assert not any(k.startswith("lm.") for k in state) and "detector.weight" in state
+    del state["head.bias"], state["detector.bias"]
+    save_file(state, tmp_path / "ckpt.safetensors")
+    with caplog.at_level(logging.WARNING):
+        rep = load_pretrained(build(), tmp_path / "ckpt.safetensors")
+    assert sorted(rep.missing) == ["detector.bias", "head.bias"]
+    assert "lm." not in caplog.text and "missing keys: detector.bias, head.bias" in caplog.text
 
 
 def test_init_from_a_torch_state_dict_file(tmp_path):
