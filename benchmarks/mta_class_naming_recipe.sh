@@ -7,15 +7,16 @@
 #   STEPS_DIV=100 DATAROOT=/tmp/tiny benchmarks/mta_class_naming_recipe.sh /tmp/recipe_smoke   # mechanics only
 #
 # Stages (each one a `bevbridge train` run under OUT/<stage>; a stage whose final checkpoint exists is skipped, so a
-# killed recipe resumes at the stage it was in; every continuation starts a fresh cosine schedule from the previous
-# stage's final weights):
+# killed recipe resumes at the stage it was in, from that stage's latest checkpoint; every continuation starts a
+# fresh cosine schedule from the previous stage's final weights):
 #   det600   bevformer_tiny_synth, 600 steps                         (the detector the Table 1 analogs start from)
 #   det1200  + 600 steps                 det2100  + 900 steps
 #   cap400   tod3cap_synth caption stage on det600: detector frozen, det_weight 0, 4 objects per sample
 #   cap800   + 400 steps at TOD3Cap's 8 objects per sample
 #   capB     + 600 steps, the detector replaced by det2100's (model.detector.init_from), 8 objects
 #   capC     + 900 steps, 8 objects, checkpoints every 300
-# Measurements (benchmarks/mta_class_naming.py, greedy captions, every matched query of every val sample):
+# Measurements (benchmarks/mta_class_naming.py, greedy captions, every matched query of every val sample; capC also
+# on 640 training queries):
 #   OUT/naming_<stage>.json. STEPS_DIV divides every step count (a smoke test of the chain; the numbers then mean
 #   nothing). THREADS (default: the machine's cores) sets OMP_NUM_THREADS.
 set -euo pipefail
@@ -33,14 +34,20 @@ mkdir -p "$OUT"
 
 steps() { local n=$(( $1 / DIV )); echo $(( n > 0 ? n : 1 )); }
 ckpt() { printf '%s/%s/checkpoints/step_%08d' "$OUT" "$1" "$(steps "$2")"; }
-# train STAGE STEPS CONFIG [override ...]: one stage, skipped when its final checkpoint is already there.
+# train STAGE STEPS CONFIG [override ...]: one stage, skipped when its final checkpoint is already there, resumed
+# from its latest checkpoint when a killed run left one (checkpoints every 300 steps / STEPS_DIV).
 train() {
     local stage=$1 n=$2 cfg=$3; shift 3
     if [[ -d $(ckpt "$stage" "$n") ]]; then echo "recipe: $stage done ($(ckpt "$stage" "$n"))"; return; fi
-    local s; s=$(steps "$n")
-    echo "recipe: $stage, $s steps -> $OUT/$stage"
+    local s every resume=()
+    s=$(steps "$n"); every=$(steps 300)
+    if compgen -G "$OUT/$stage/checkpoints/step_*" > /dev/null; then
+        resume=(--resume); echo "recipe: $stage, resuming its latest checkpoint -> $OUT/$stage"
+    else
+        echo "recipe: $stage, $s steps -> $OUT/$stage"
+    fi
     "$BEVBRIDGE" train "$cfg" data.dataroot="$DATAROOT" train.seed=0 train.max_steps="$s" \
-        train.ckpt_every="$(( s < 300 ? s : 300 ))" "$@" --out "$OUT/$stage"
+        train.ckpt_every="$(( s < every ? s : every ))" "$@" --out "$OUT/$stage" "${resume[@]}"
 }
 # naming STAGE [arg ...]: the class-naming measurement of a stage's final checkpoint, written atomically.
 naming() {
