@@ -56,32 +56,33 @@ class _Tally:
     """Counts for one set of objects: captions naming the GT class, GT captions doing so, labels seen."""
 
     def __init__(self):
-        self.ok = self.ok_gt = self.n = self.det_ok = 0
+        self.ok_gt = 0
         self.labels: collections.Counter = collections.Counter()
         self.named_as: collections.Counter = collections.Counter()
         self.right: collections.Counter = collections.Counter()  # per GT class: captions naming it
         self.det_right: collections.Counter = collections.Counter()  # per GT class: detector labels equal to it
 
     def add(self, caption: str, gt_caption: str, label: int, det_label: int | None = None) -> None:
-        hit = names_exactly(caption, label)
-        self.ok += hit
-        self.right[label] += hit
+        self.right[label] += names_exactly(caption, label)
         self.ok_gt += names_exactly(gt_caption, label)
-        self.det_ok += det_label is not None and det_label == label
         self.det_right[label] += det_label is not None and det_label == label
         self.labels[label] += 1
         self.named_as["+".join(DETECTION_CLASSES[i] for i in sorted(named_classes(caption))) or "(none)"] += 1
-        self.n += 1
+
+    @property
+    def n(self) -> int:
+        return sum(self.labels.values())
 
     def summary(self, with_detector: bool = False) -> dict:
         n = max(self.n, 1)
-        out = {"objects": self.n, "names_gt_class": self.ok / n, "gt_captions_name_gt_class": self.ok_gt / n,
+        out = {"objects": self.n, "names_gt_class": sum(self.right.values()) / n,
+               "gt_captions_name_gt_class": self.ok_gt / n,
                "majority_class_share": max(self.labels.values()) / n if self.n else 0.0,
                "majority_class": DETECTION_CLASSES[self.labels.most_common(1)[0][0]] if self.n else None,
                "classes_named": dict(self.named_as.most_common()),
                "per_gt_class": {DETECTION_CLASSES[c]: f"{self.right[c]}/{k}" for c, k in self.labels.most_common()}}
         if with_detector:
-            out["detector_label_is_gt_class"] = self.det_ok / n
+            out["detector_label_is_gt_class"] = sum(self.det_right.values()) / n
             out["detector_per_gt_class"] = {DETECTION_CLASSES[c]: f"{self.det_right[c]}/{k}"
                                             for c, k in self.labels.most_common()}
         return out

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bevbridge.atomic import atomic_path
-from bevbridge.models.freeze import checkpoint_excluded_prefixes
+from bevbridge.models.freeze import missing_checkpoint_keys
 
 __all__ = ["MODEL_FILE", "EMA_FILE", "DEPLOY_FILE", "DEPLOY_EMA_FILE", "STATE_FILE", "CorruptWeightsError",
            "to_cpu_contiguous", "save_weights", "load_safetensors", "weights_kind", "is_complete_checkpoint",
@@ -231,9 +231,8 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, prefix_map: Mappi
     carry them still loads them).
     """
     state, source = read_weights(path, kind=getattr(model, "kind", None), strict_kind=False)
-    state = {_rename(k, prefix_map or {}): v for k, v in state.items()}
+    state = rename_prefixes(state, prefix_map)
     own = model.state_dict()
-    rebuilt = checkpoint_excluded_prefixes(model)
     rep = LoadReport()
     usable = {}
     for k, v in state.items():
@@ -243,7 +242,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, prefix_map: Mappi
             rep.mismatched.append(f"{k} (file {tuple(v.shape)}, model {tuple(own[k].shape)})")
         else:
             usable[k] = v
-    rep.missing = [k for k in own if k not in state and not (rebuilt and k.startswith(rebuilt))]
+    rep.missing = missing_checkpoint_keys(model, state)
     model.load_state_dict(usable, strict=False)
     rep.loaded = sorted(usable)
     log.info("init_from %s: %s", source, rep.summary())

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from bevbridge.atomic import atomic_write_text
-from bevbridge.models.freeze import checkpoint_excluded_prefixes, checkpoint_state_dict
+from bevbridge.models.freeze import checkpoint_excluded_prefixes, checkpoint_state_dict, missing_checkpoint_keys
 from bevbridge.weights import (DEPLOY_EMA_FILE, DEPLOY_FILE, EMA_FILE, MODEL_FILE, STATE_FILE, CorruptWeightsError,
                                checkpoint_dir_of, list_checkpoints, save_weights)
 
@@ -231,9 +231,8 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], source
 
     Raises ValueError naming ``source`` and the first differing keys when the weights do not fit the model.
     """
-    excluded = checkpoint_excluded_prefixes(model)
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not (excluded and k.startswith(excluded))]
+    missing = missing_checkpoint_keys(model, state)
     unexpected = [k for k in state if k not in own]
     shapes = [k for k in state if k in own and own[k].shape != state[k].shape]
     if missing or unexpected or shapes:

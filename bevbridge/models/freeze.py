@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["freeze", "is_frozen", "frozen_modules", "checkpoint_excluded_prefixes", "checkpoint_state_dict"]
+__all__ = ["freeze", "is_frozen", "frozen_modules", "checkpoint_excluded_prefixes", "checkpoint_state_dict",
+           "missing_checkpoint_keys"]
 
 _FROZEN_CLASSES: dict[type, type] = {}
 
@@ -74,3 +75,9 @@ def checkpoint_state_dict(model: nn.Module) -> dict:
     """``model.state_dict()`` without the keys of frozen modules frozen with ``in_checkpoint=False``."""
     excluded = checkpoint_excluded_prefixes(model)
     return {k: v for k, v in model.state_dict().items() if not (excluded and k.startswith(excluded))}
+
+
+def missing_checkpoint_keys(model: nn.Module, state) -> list[str]:
+    """The keys a checkpoint of ``model`` carries (:func:`checkpoint_state_dict`) that ``state`` lacks: the weights
+    of frozen modules rebuilt from their own files are never expected."""
+    return [k for k in checkpoint_state_dict(model) if k not in state]
